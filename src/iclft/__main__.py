@@ -1,0 +1,3 @@
+from iclft.cli import app
+
+app(prog_name="iclft")

