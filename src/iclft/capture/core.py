@@ -1,0 +1,220 @@
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import re
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+from iclft.models.families import Family, blocks_of, get_module
+
+_SITE = re.compile(r"^blocks\.(\d+)\.(resid_post|attn\.out|attn\.scores|mlp\.out)$")
+_RECORDER: contextvars.ContextVar = contextvars.ContextVar("iclft_recorder", default=None)
+
+
+def site_names(n_layers: int, kinds=("resid_post",)) -> list[str]:
+    return [f"blocks.{layer}.{kind}" for kind in kinds for layer in range(n_layers)]
+
+
+@dataclass
+class Capture:
+    """Captured activations for n prompts, in the order given.
+
+    last=True:  acts[site] is a tensor (n, d) — or (n, heads, keys) for attn.scores, where keys are
+                the prompt's non-padding positions (a list of (heads, len_i) tensors, lengths differ).
+    last=False: acts[site] is a list of (len_i, d) tensors (attn.scores: (len_i, heads, len_i)).
+    logits:     (n, vocab) next-token logits at the last token, float32, if asked for.
+    """
+
+    acts: dict[str, object] = field(default_factory=dict)
+    logits: torch.Tensor | None = None
+
+    def stack(self, kind: str, n_layers: int) -> torch.Tensor:
+        """(n, n_layers, d) for a last-token site kind, e.g. "resid_post"."""
+        return torch.stack([self.acts[f"blocks.{layer}.{kind}"] for layer in range(n_layers)], dim=1)
+
+
+class _Recorder:
+    def __init__(self, layer_of_attn: dict[int, int], want_scores: set[int], last: bool):
+        self.layer_of_attn = layer_of_attn
+        self.want_scores = want_scores
+        self.last = last
+        self.scores: dict[int, torch.Tensor] = {}
+        self.original = None
+
+
+def _scores_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
+    """An attention function that records q·k·scale, then delegates to the model's own implementation."""
+    rec: _Recorder | None = _RECORDER.get()
+    impl = kw.pop("_iclft_impl", None) or getattr(module, "_iclft_impl", "sdpa")
+    if rec is not None:
+        layer = rec.layer_of_attn.get(id(module))
+        if layer in rec.want_scores:
+            scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+            n_rep = query.shape[1] // key.shape[1]
+            k = key.repeat_interleave(n_rep, dim=1) if n_rep > 1 else key
+            q = query[:, :, -1:, :] if rec.last else query
+            s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # (b, h, q, keys)
+            rec.scores[layer] = s.detach()
+    if impl == "eager":
+        fn = sys.modules[type(module).__module__].eager_attention_forward
+    else:
+        fn = ALL_ATTENTION_FUNCTIONS[impl]
+    return fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kw)
+
+
+def _register(impl: str) -> str:
+    name = f"iclft_scores_{impl}"
+    if name not in ALL_ATTENTION_FUNCTIONS:
+        def fn(module, *args, **kw):
+            return _scores_attention(module, *args, _iclft_impl=impl, **kw)
+
+        AttentionInterface.register(name, fn)
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[impl])
+    return name
+
+
+@contextlib.contextmanager
+def _scores_mode(model):
+    """Route attention through the score recorder for the duration of the forward passes."""
+    cfg = model.config
+    impl = cfg._attn_implementation or "eager"
+    if impl not in ("eager", "sdpa"):
+        raise ValueError(f"attention scores need eager or sdpa attention, not {impl!r}")
+    cfg._attn_implementation = _register(impl)
+    try:
+        yield
+    finally:
+        cfg._attn_implementation = impl
+
+
+def pad_left(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left padding; position ids come from the mask so a padded prompt sees the positions it would alone."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), pos.to(device)
+
+
+@torch.no_grad()
+def capture(
+    model,
+    family: Family,
+    prompts: list[list[int]],
+    sites: list[str],
+    *,
+    pad_id: int,
+    batch_size: int = 16,
+    last: bool = True,
+    logits: bool = False,
+) -> Capture:
+    """Run `prompts` (token id lists) through `model` in length-sorted, left-padded batches."""
+    if not prompts:
+        raise ValueError("no prompts to capture")
+    parsed = []
+    for site in sites:
+        m = _SITE.match(site)
+        if not m:
+            raise ValueError(f"unknown hook site {site!r} (expected e.g. 'blocks.0.resid_post')")
+        parsed.append((site, int(m.group(1)), m.group(2)))
+    blocks = blocks_of(model, family)
+    n_layers = len(blocks)
+    for site, layer, _ in parsed:
+        if layer >= n_layers:
+            raise ValueError(f"site {site!r}: the model has {n_layers} blocks")
+
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # less padding per batch
+    per_batch: dict[str, list] = {s: [] for s, _, _ in parsed}
+    batch_logits = []
+    want_scores = {layer for _, layer, kind in parsed if kind == "attn.scores"}
+    layer_of_attn = {id(get_module(b, family.attn)): i for i, b in enumerate(blocks)}
+
+    hooks = []
+    current: dict[str, torch.Tensor] = {}
+    current_shape: list[int] = []
+
+    def keep(site):
+        def hook(_mod, _inp, out):
+            t = out[0] if isinstance(out, tuple) else out
+            if t.dim() == 2:  # OPT runs its MLP on (batch*seq, d)
+                t = t.view(*current_shape, -1)
+            current[site] = (t[:, -1] if last else t).detach()
+
+        return hook
+
+    final_norm = get_module(model, family.final_norm)
+    for site, layer, kind in parsed:
+        if kind == "resid_post":
+            # HF's last hidden state is after the final norm (METRICS.md: resid_post[l] = hidden_states[l+1]).
+            mod = final_norm if layer == n_layers - 1 else blocks[layer]
+        elif kind == "attn.out":
+            mod = get_module(blocks[layer], family.attn)
+        elif kind == "mlp.out":
+            mod = get_module(blocks[layer], family.mlp)
+        else:
+            continue
+        hooks.append(mod.register_forward_hook(keep(site)))
+
+    rec = _Recorder(layer_of_attn, want_scores, last)
+    token = _RECORDER.set(rec)
+    ctx = _scores_mode(model) if want_scores else contextlib.nullcontext()
+    try:
+        with ctx:
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                seqs = [prompts[i] for i in idx]
+                ids, mask, pos = pad_left(seqs, pad_id, device)
+                current.clear()
+                current_shape[:] = ids.shape
+                rec.scores.clear()
+                out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+                if logits:
+                    batch_logits.append(out.logits[:, -1].float().cpu())
+                lens = [len(s) for s in seqs]
+                width = ids.shape[1]
+                for site, layer, kind in parsed:
+                    t = rec.scores[layer] if kind == "attn.scores" else current[site]
+                    per_batch[site].append(_split(t, kind, lens, width, last))
+    finally:
+        _RECORDER.reset(token)
+        for h in hooks:
+            h.remove()
+
+    inverse = [0] * len(order)
+    for pos_, i in enumerate(order):
+        inverse[i] = pos_
+    result = Capture()
+    for site, _, kind in parsed:
+        flat = [x for chunk in per_batch[site] for x in chunk]
+        flat = [flat[inverse[i]] for i in range(len(prompts))]
+        if last and kind != "attn.scores":
+            result.acts[site] = torch.stack(flat)
+        else:
+            result.acts[site] = flat
+    if logits:
+        result.logits = torch.cat(batch_logits)[inverse]
+    return result
+
+
+def _split(t: torch.Tensor, kind: str, lens: list[int], width: int, last: bool) -> list[torch.Tensor]:
+    """Per-prompt CPU tensors with the left padding removed."""
+    out = []
+    for i, n in enumerate(lens):
+        if kind == "attn.scores":
+            s = t[i][:, :, width - n:]  # (h, q, keys)
+            s = s[:, -1] if last else s[:, width - n:].permute(1, 0, 2)
+            out.append(s.float().cpu())
+        elif last:
+            out.append(t[i].float().cpu())
+        else:
+            out.append(t[i, width - n:].float().cpu())
+    return out

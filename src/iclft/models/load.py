@@ -1,0 +1,180 @@
+"""load(name) -> Loaded: the model, its tokenizer and its family row.
+
+"builtin" is the model shipped inside the package (see builtin/card.md). A hub id or a local path goes
+through `from_pretrained` with safetensors only and `trust_remote_code` off unless asked for.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from iclft import UserError
+from iclft.models.families import Family, family_for
+
+log = logging.getLogger(__name__)
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Loaded:
+    model: torch.nn.Module
+    tokenizer: object
+    family: Family
+    name: str
+    info: dict = field(default_factory=dict)  # goes into the run manifest
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def max_len(self) -> int:
+        cfg = self.model.config
+        for attr in ("max_position_embeddings", "n_positions"):
+            if getattr(cfg, attr, None):
+                return int(getattr(cfg, attr))
+        return 2048
+
+
+def builtin_available() -> bool:
+    return (BUILTIN_DIR / "config.json").is_file() and (BUILTIN_DIR / "model.safetensors").is_file()
+
+
+def load(
+    name: str = "builtin",
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    attn_implementation: str = "sdpa",
+    pad_token: str | None = None,
+    trust_remote_code: bool = False,
+) -> Loaded:
+    """Load a causal LM for analysis (eval mode, no grad on its own weights).
+
+    pad_token: None keeps the tokenizer's; "eos" uses its EOS token; any other string is used as is.
+    A tokenizer with no pad token and no `pad_token` is an input error: silently padding with EOS
+    changes what some models attend to, so the user must say so.
+    """
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if name == "builtin" and not builtin_available():
+        loaded = _fallback_builtin(attn_implementation)
+    else:
+        path = str(BUILTIN_DIR) if name == "builtin" else name
+        loaded = _from_pretrained(name, path, attn_implementation, trust_remote_code)
+    tok = loaded.tokenizer
+    if pad_token is not None:
+        tok.pad_token = tok.eos_token if pad_token == "eos" else pad_token
+    if tok.pad_token_id is None:
+        raise UserError(
+            f"the tokenizer of {name!r} has no pad token; pass --pad-token eos (or a token) to choose one"
+        )
+    tok.padding_side = "left"
+    loaded.model.to(device=device, dtype=DTYPES[dtype]).eval()
+    loaded.model.requires_grad_(False)
+    loaded.info.update(
+        model=name,
+        family=loaded.family.name,
+        dtype=dtype,
+        device=device,
+        attn_implementation=loaded.model.config._attn_implementation,
+        n_layers=len(list(_blocks(loaded))),
+        n_params=sum(p.numel() for p in loaded.model.parameters()),
+    )
+    return loaded
+
+
+def _blocks(loaded: Loaded):
+    from iclft.models.families import blocks_of
+
+    return blocks_of(loaded.model, loaded.family)
+
+
+def _from_pretrained(name: str, path: str, attn_implementation: str, trust_remote_code: bool) -> Loaded:
+    local = Path(path).exists()
+    if not local and ("/" not in path or path.startswith((".", "/"))):
+        # Not a directory and not shaped like a hub id ("org/name"): no reason to try the network.
+        raise UserError(f"unknown model {name!r}: not 'builtin', not a local directory, not a hub id")
+    if not local and not _hub_reachable():
+        raise UserError(f"cannot load model {name!r}: not a local directory and the model hub is unreachable (offline)")
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation,
+        )
+    except (OSError, ValueError) as exc:
+        where = "local path" if local else "hub id (is the network or HF cache available?)"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load model {name!r} as a {where}: {first}") from None
+    fam = family_for(model.config)
+    info = {"model_path": str(Path(path).resolve()) if local else path, "builtin_stand_in": False}
+    weights = Path(path) / "model.safetensors"
+    if weights.is_file():
+        info["model_sha256"] = _sha256(weights)
+    return Loaded(model, tok, fam, name, info)
+
+
+def _hub_reachable() -> bool:
+    # huggingface_hub retries unreachable hosts for ~40 s; one quick probe gives the user the answer at once.
+    import socket
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return True  # offline mode reads the local cache, which may hold the model
+    host = constants.ENDPOINT.split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+@functools.lru_cache(maxsize=4)
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fallback_builtin(attn_implementation: str) -> Loaded:
+    """A small randomly initialised Llama, used only while no pretrained built-in model is shipped.
+
+    Reports say so in their header (info["builtin_stand_in"]), since its numbers mean nothing about ICL.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from iclft.models.toy import word_tokenizer
+    from iclft.tasks.sentiment import INSTRUCTION, TEMPLATE, load_tweets
+
+    log.warning("no pretrained built-in model shipped; using a randomly initialised stand-in")
+    train, _ = load_tweets()
+    texts = [INSTRUCTION, TEMPLATE] + [e.input for e in train[:5000]]
+    tok = word_tokenizer(texts, max_vocab=3000, extra=("positive", "negative"))
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    model.config._attn_implementation = attn_implementation
+    return Loaded(model, tok, family_for(cfg), "builtin", {"builtin_stand_in": True})
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
