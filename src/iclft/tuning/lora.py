@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import BaseModel, Field
+
+from iclft.models.families import Family
+
+
+class LoraConfigSpec(BaseModel):
+    r: int = Field(8, description="LoRA rank")
+    alpha: int = Field(16, description="LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.0, description="LoRA dropout (0 keeps training deterministic)")
+    targets: list[str] | None = Field(None, description="module-name suffixes; default: the family's q/v")
+    lr: float = Field(1e-3, description="AdamW learning rate")
+    steps: int = Field(30, description="full-batch optimisation steps over the demonstrations")
+    loss_on: str = Field("answer", description="'answer' (label tokens only) or 'all' tokens")
+
+
+class LoraSession:
+    """Inject LoRA once, re-initialise + train per trial, remove on exit.
+
+    with LoraSession(model, family, spec) as s:
+        s.train(examples, seed)   # examples: list of (ids, answer_mask)
+        ... run `model` as usual: the adapter is active ...
+    # here `model` has its original modules and weights again
+    """
+
+    def __init__(self, model, family: Family, spec: LoraConfigSpec):
+        self.model, self.family, self.spec = model, family, spec
+        self.peft = None
+
+    def __enter__(self):
+        from peft import LoraConfig, get_peft_model
+
+        cfg = LoraConfig(
+            r=self.spec.r,
+            lora_alpha=self.spec.alpha,
+            lora_dropout=self.spec.dropout,
+            target_modules=list(self.spec.targets or self.family.lora_targets),
+            bias="none",
+            fan_in_fan_out=self.family.name == "gpt2",  # GPT-2's Conv1D stores weights transposed
+        )
+        self.peft = get_peft_model(self.model, cfg)
+        self.peft.eval()
+        self.params = [p for n, p in self.peft.named_parameters() if "lora_" in n]
+        if not self.params:
+            raise ValueError("LoRA found no target modules to adapt")
+        return self
+
+    def __exit__(self, *exc):
+        self.peft.unload()  # drop adapter layers without merging: the base weights were never touched
+        self.model.requires_grad_(False)
+        self.peft = None
+
+    def reset(self, seed: int) -> None:
+        """PEFT's init (Kaiming-uniform A, zero B) drawn from a local generator, so trials are independent."""
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in self.peft.named_parameters():
+                if "lora_A" in name:
+                    bound = 1.0 / math.sqrt(p.shape[1])  # kaiming_uniform_(a=sqrt(5)) bound
+                    p.copy_(torch.rand(p.shape, generator=g, dtype=torch.float32).mul_(2 * bound).sub_(bound))
+                elif "lora_B" in name:
+                    p.zero_()
+
+    def train(self, examples: list[tuple[list[int], list[int]]], seed: int, pad_id: int) -> list[float]:
+        """Full-batch AdamW on the demonstrations; returns the loss per step."""
+        self.reset(seed)
+        from iclft.capture.core import pad_left
+
+        device = self.params[0].device
+        ids, mask, pos = pad_left([e[0] for e in examples], pad_id, device)
+        target_mask = torch.zeros_like(ids, dtype=torch.bool)
+        for i, (seq, ans) in enumerate(examples):
+            m = ans if self.spec.loss_on == "answer" else [1] * len(seq)
+            target_mask[i, ids.shape[1] - len(seq):] = torch.tensor(m, dtype=torch.bool)
+        labels = ids.masked_fill(~target_mask, -100)
+        for p in self.params:
+            p.requires_grad_(True)
+        opt = torch.optim.AdamW(self.params, lr=self.spec.lr, weight_decay=0.0)
+        losses = []
+        # The model stays in eval mode: base-model dropout (GPT-2 has it) would make trials irreproducible.
+        try:
+            for _ in range(self.spec.steps):
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+                loss = torch.nn.functional.cross_entropy(
+                    logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1)
+                )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+        finally:
+            for p in self.params:
+                p.requires_grad_(False)
+        return losses
