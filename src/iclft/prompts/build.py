@@ -61,8 +61,11 @@ class PromptBuilder:
         demos: list[Example] = (),
         labels: list[str] | None = None,
         instruction: bool = True,
+        demo_task: Task | None = None,
     ) -> Prompt:
+        """demo_task renders the demonstrations with another task's template (the unrelated-task control)."""
         t = self.task
+        d = demo_task or t
         ids, roles = list(self.prefix), [ROLES["bos"]] * len(self.prefix)
 
         def add(text: str, role: str):
@@ -77,8 +80,8 @@ class PromptBuilder:
         labels = labels if labels is not None else [d.label for d in demos]
         for demo, label in zip(demos, labels, strict=True):
             start = len(ids)
-            add(t.query_text(demo), "demo")
-            add(t.answer_prefix + label, "label")
+            add(d.query_text(demo), "demo")
+            add(d.answer_prefix + label, "label")
             spans.append((start, len(ids)))
             add(t.separator, "separator")
         qstart = len(ids)
@@ -91,8 +94,13 @@ class PromptBuilder:
             )
         return prompt
 
-    def training_text_ids(self, ex: Example, label: str | None = None, instruction: bool = True):
-        """(ids, answer_mask) of one templated demonstration for fine-tuning: the ZSL prompt + its answer."""
-        p = self.build(ex, [], None, instruction)
-        ans = list(self._enc(self.task.answer_prefix + (ex.label if label is None else label)))
-        return p.ids + ans, [0] * len(p.ids) + [1] * len(ans)
+    def training_ids(self, ex: Example, label: str | None = None, instruction: bool = True, demo_task=None):
+        """(ids, answer_mask) of one templated demonstration for tuning: [instruction] + input + answer."""
+        d = demo_task or self.task
+        ids = list(self.prefix)
+        if instruction and self.task.instruction:
+            ids += list(self._enc(self.task.instruction)) + list(self._enc(self.task.separator))
+        ids += list(self._enc(d.query_text(ex)))
+        n = len(ids)
+        ans = list(self._enc(d.answer_prefix + (ex.label if label is None else label)))
+        return ids + ans, [0] * n + [1] * len(ans)

@@ -1,0 +1,1 @@
+"""Figures (matplotlib, PNG) and one self-contained HTML page per run directory."""

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import csv
 import functools
+import importlib.util
 import random
 import re
-import importlib.util
 from pathlib import Path
 
 from iclft.tasks.base import Example, Task

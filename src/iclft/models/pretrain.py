@@ -1,0 +1,299 @@
+"""Pretrain the built-in model: `python -m iclft.models.pretrain --out DIR [--seed S] [--minutes M]`.
+
+The result is a plain Hugging Face directory, `DIR/final` (LlamaForCausalLM, safetensors, a
+word-level fast tokenizer), loadable with `AutoModelForCausalLM` / `AutoTokenizer` and no iclft code.
+
+Schedule and budget. The run is defined by `(seed, steps)`: the learning-rate schedule (linear
+warm-up, cosine decay to `min_lr_ratio`) is laid out over `steps` optimizer steps, and batch `i` is a
+pure function of `(seed, i)` (see `corpus.Corpus.batch`). `--minutes M` fixes `steps` when `--steps`
+is not given, as `M * 60 * NOMINAL_TOKENS_PER_S / tokens_per_step` (NOMINAL_TOKENS_PER_S is the
+throughput measured on 2 shared CPU cores), and is also a wall-clock cap on each invocation: when one
+exceeds it, it saves a checkpoint and the current weights to `DIR/final` (marked `"complete": false`
+in `pretrain_meta.json`) and stops, and rerunning the same command continues from the checkpoint.
+Checkpoints (`DIR/checkpoint.pt`: weights, optimizer, step, RNG state, the resolved config) are
+written atomically every `ckpt_every_s` seconds, so a killed run also resumes by rerunning the same
+command; the final weights do not depend on where it was interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# On a shared machine, OpenMP threads that spin-wait for a busy core are ~3x slower than passive ones.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+NOMINAL_TOKENS_PER_S = 2600.0  # measured on the shared 2-core build machine (bf16 autocast, default config)
+
+
+@dataclass
+class PretrainConfig:
+    seed: int = 0
+    minutes: float = 80.0
+    steps: int | None = None  # None: derived from `minutes` (see module docstring)
+    seq_len: int = 1024
+    batch_size: int = 8
+    hidden_size: int = 256
+    intermediate_size: int = 1024
+    num_layers: int = 4
+    num_heads: int = 8
+    max_position_embeddings: int = 2048
+    max_vocab: int = 5000
+    lr: float = 2e-3
+    warmup_steps: int = 60
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    label_weight: float = 8.0  # loss weight of answer tokens relative to other tokens
+    mix: dict | None = None  # episode-kind weights; None: corpus.DEFAULT_MIX
+    max_shots: int = 40
+    ckpt_every_s: float = 180.0
+    threads: int = 2
+    bf16: bool = True  # autocast matmuls to bfloat16 (weights and optimizer stay fp32)
+    stop_after_steps: int | None = None  # stop (with checkpoint) after this many steps this call; tests
+
+    def resolved_steps(self) -> int:
+        if self.steps is not None:
+            return int(self.steps)
+        return max(1, int(self.minutes * 60 * NOMINAL_TOKENS_PER_S / (self.seq_len * self.batch_size)))
+
+
+def lr_at(cfg: PretrainConfig, step: int, total: int) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def build_model(cfg: PretrainConfig, tokenizer):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(cfg.seed)
+    mc = LlamaConfig(
+        vocab_size=tokenizer.get_vocab_size(),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.token_to_id("<bos>"),
+        eos_token_id=tokenizer.token_to_id("<eos>"),
+        pad_token_id=tokenizer.token_to_id("<pad>"),
+        initializer_range=0.02,
+        attention_dropout=0.0,
+    )
+    return LlamaForCausalLM(mc)
+
+
+def _save_atomic(obj, path: Path) -> None:
+    import torch
+
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def export(model, out_dir: Path, tokenizer_dir: Path, meta: dict) -> Path:
+    """Write a standalone HF directory (fp32 safetensors + tokenizer) atomically-ish to `out_dir`."""
+    import shutil
+
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    for f in tokenizer_dir.iterdir():
+        shutil.copy2(f, tmp / f.name)
+    (tmp / "pretrain_meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def weighted_loss(logits, ids, is_label, label_weight: float):
+    import torch.nn.functional as F
+
+    tgt = ids[:, 1:]
+    w = 1.0 + (label_weight - 1.0) * is_label[:, 1:].float()
+    flat = logits[:, :-1].reshape(-1, logits.size(-1)).float()
+    nll = F.cross_entropy(flat, tgt.reshape(-1), reduction="none")
+    nll = nll.view_as(w)
+    return (nll * w).sum() / w.sum(), nll.detach(), w
+
+
+def pretrain(out: Path, seed: int = 0, minutes: float = 80.0, progress: bool = True, **overrides) -> Path:
+    """Pretrain (or resume) into `out`; returns `out/final`, the HF model directory.
+
+    `overrides` are `PretrainConfig` fields. A checkpoint in `out` is resumed with *its* config
+    (only `minutes`, `ckpt_every_s` and `stop_after_steps` may change on resumption).
+    """
+    import torch
+    from tqdm import tqdm
+
+    from iclft.models.corpus import Corpus, build_tokenizer, save_tokenizer
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    tok_dir = out / "tokenizer"
+    cfg = PretrainConfig(seed=seed, minutes=minutes, **overrides)
+    state = None
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        saved = dict(state["config"])
+        for k in ("minutes", "ckpt_every_s", "stop_after_steps", "threads"):
+            saved[k] = getattr(cfg, k)
+        cfg = PretrainConfig(**saved)
+    torch.set_num_threads(cfg.threads)
+    total = cfg.resolved_steps()
+    cfg.steps = total
+
+    tok = build_tokenizer(max_vocab=cfg.max_vocab)
+    if not (tok_dir / "tokenizer.json").exists():
+        save_tokenizer(tok, tok_dir)
+    corpus = Corpus(tok, seq_len=cfg.seq_len, mix=cfg.mix, max_shots=cfg.max_shots)
+    model = build_model(cfg, tok)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8,
+    )
+    step, tokens, elapsed_prev = 0, 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        step, tokens, elapsed_prev = state["step"], state["tokens"], state.get("elapsed_s", 0.0)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    def meta(done: bool) -> dict:
+        return {
+            "config": dataclasses.asdict(cfg), "step": step, "tokens": tokens, "params": n_params,
+            "train_seconds": round(elapsed_prev + time.time() - t0, 1), "complete": done,
+            "tokens_per_s": round(tokens_this / max(1e-9, time.time() - t0), 1),
+        }
+
+    def checkpoint() -> None:
+        _save_atomic({
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+            "step": step, "tokens": tokens, "config": dataclasses.asdict(cfg),
+            "elapsed_s": elapsed_prev + time.time() - t0,
+        }, ckpt_path)
+
+    t0 = time.time()
+    last_ckpt = t0
+    tokens_this = 0
+    steps_this = 0
+    model.train()
+    bar = tqdm(total=total, initial=step, disable=not progress, desc="pretrain", unit="step",
+               dynamic_ncols=True, mininterval=5.0)
+    ema = None
+    stopped = False
+    while step < total:
+        ids, is_label = corpus.batch(cfg.seed, step, cfg.batch_size)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, step, total)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            logits = model(input_ids=ids).logits
+        loss, nll, w = weighted_loss(logits, ids, is_label, cfg.label_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        steps_this += 1
+        tokens += ids.numel()
+        tokens_this += ids.numel()
+        lab = is_label[:, 1:]
+        lab_loss = float(nll[lab].mean()) if lab.any() else float("nan")
+        ema = float(loss) if ema is None else 0.95 * ema + 0.05 * float(loss)
+        bar.update(1)
+        bar.set_postfix(loss=f"{ema:.3f}", label_nll=f"{lab_loss:.3f}",
+                        tok_s=f"{tokens_this / (time.time() - t0):.0f}",
+                        lr=f"{lr_at(cfg, step - 1, total):.2e}")
+        now = time.time()
+        over_time = now - t0 > cfg.minutes * 60 if cfg.minutes else False  # this invocation's budget
+        stop_here = cfg.stop_after_steps is not None and steps_this >= cfg.stop_after_steps
+        if now - last_ckpt > cfg.ckpt_every_s or step == total or over_time or stop_here:
+            checkpoint()
+            last_ckpt = now
+        if (over_time or stop_here) and step < total:
+            stopped = True
+            break
+    bar.close()
+    final = out / "final"
+    if not stopped or over_time:
+        export(model, final, tok_dir, meta(done=step >= total))
+    return final
+
+
+BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
+SHIPPED_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                 "tokenizer_config.json", "special_tokens_map.json", "pretrain_meta.json")
+
+
+def export_checkpoint(out: Path, dest: Path | None = None) -> Path:
+    """Write the weights of `out/checkpoint.pt` as an HF directory (default `out/latest`)."""
+    import torch
+
+    from iclft.models.corpus import build_tokenizer
+
+    out = Path(out)
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    cfg = PretrainConfig(**state["config"])
+    model = build_model(cfg, build_tokenizer(max_vocab=cfg.max_vocab))
+    model.load_state_dict(state["model"])
+    meta = {"config": state["config"], "step": state["step"], "tokens": state["tokens"],
+            "params": sum(p.numel() for p in model.parameters()),
+            "train_seconds": round(state.get("elapsed_s", 0.0), 1), "complete": state["step"] >= cfg.steps}
+    return export(model, Path(dest or out / "latest"), out / "tokenizer", meta)
+
+
+def ship(final: Path, dest: Path = BUILTIN_DIR) -> Path:
+    """Copy a pretrained HF directory into the package (`iclft/models/builtin`), keeping card.md."""
+    import shutil
+
+    final, dest = Path(final), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in SHIPPED_FILES:
+        if (final / name).exists():
+            shutil.copy2(final / name, dest / name)
+    return dest
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--minutes", type=float, default=80.0)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a PretrainConfig field (JSON value), e.g. --set lr=0.001")
+    a = p.parse_args(argv)
+    overrides = {}
+    for kv in a.set:
+        k, v = kv.split("=", 1)
+        try:
+            overrides[k] = json.loads(v)
+        except json.JSONDecodeError:
+            overrides[k] = v
+    if a.steps is not None:
+        overrides["steps"] = a.steps
+    final = pretrain(a.out, seed=a.seed, minutes=a.minutes, **overrides)
+    print(final)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""What every study shares: YAML specs, the run directory contract, the manifest."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+import iclft
+from iclft import UserError
+from iclft.sweep import atomic_write_json, atomic_write_text
+
+
+class RunSpec(BaseModel):
+    """Fields every study has."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("builtin", description="'builtin', a hub id or a local model directory")
+    dtype: str = Field("float32", description="float32 | bfloat16 | float16")
+    device: str = Field("cpu", description="torch device")
+    attn_implementation: str = Field("sdpa", description="sdpa | eager")
+    pad_token: str | None = Field(None, description="pad token if the tokenizer has none ('eos' = EOS)")
+    batch_size: int = Field(16, ge=1, description="prompts per forward pass")
+    seeds: int = Field(30, ge=1, description="number of seeds (trials are repeated per seed)")
+    seed_offset: int = Field(0, ge=0, description="first seed")
+
+    def seed_list(self) -> list[int]:
+        return list(range(self.seed_offset, self.seed_offset + self.seeds))
+
+
+def load_spec(cls: type[BaseModel], path: Path | None, overrides: dict) -> BaseModel:
+    data: dict = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise UserError(f"spec file {str(path)!r} does not exist") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark else ""
+            raise UserError(f"malformed YAML in {str(path)!r}{where}: {getattr(exc, 'problem', exc)}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"spec file {str(path)!r} must hold a mapping of fields, not {type(data).__name__}")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return cls(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or "spec"
+        raise UserError(f"invalid spec field {loc!r}: {err['msg']}") from None
+
+
+def spec_yaml(spec: BaseModel) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+
+
+@contextmanager
+def run_dir(out: Path, spec: BaseModel):
+    """Create (or resume) OUT. A fresh directory that fails with an input error is removed again."""
+    out = Path(out)
+    text = spec_yaml(spec)
+    created = not out.exists()
+    if not created:
+        old = out / "spec.yaml"
+        if old.is_file():
+            if old.read_text(encoding="utf-8") != text:
+                raise UserError(f"{str(out)!r} holds a run with a different spec; choose another --out")
+        elif any(out.iterdir()):
+            raise UserError(f"{str(out)!r} exists and is not an iclft run directory")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "spec.yaml", text)
+    try:
+        yield out
+    except UserError:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def manifest(spec, loaded, started: float, extra: dict | None = None) -> dict:
+    versions = {}
+    for pkg in ("torch", "transformers", "peft", "numpy", "scipy", "pandas", "sentence-transformers"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "iclft_version": iclft.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "versions": versions,
+        "command": " ".join(sys.argv),
+        "seeds": spec.seed_list(),
+        "batch_size": spec.batch_size,
+        "dtype": spec.dtype,
+        "device": spec.device,
+        "torch_threads": torch.get_num_threads(),
+        "model": loaded.info,
+        "wall_time_s": round(time.time() - started, 2),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(extra or {}),
+    }
+
+
+def write_manifest(out: Path, data: dict) -> None:
+    atomic_write_json(Path(out) / "manifest.json", data)

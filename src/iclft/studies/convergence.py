@@ -1,0 +1,216 @@
+"""Convergence study (Duan et al. 2023): do ICL and instruction tuning move hidden states alike?
+
+Pipeline, per unit of work (one condition x one seed):
+  pick queries -> select demonstrations -> corrupt labels -> capture ZSL and ICL states
+  -> train IT and SL LoRA adapters on the demonstrations -> capture their ZSL-prompt states
+  -> convergence metrics per layer.
+Conditions vary one factor at a time around a base (k = base_k, random selection, gold labels), plus the
+unrelated-task control. Queries are the same for every condition of a seed, so conditions are paired.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field
+
+from iclft import UserError
+from iclft.capture import capture, site_names
+from iclft.metrics.dual import predict_labels
+from iclft.metrics.similarity import CONVERGENCE_KEYS, convergence_metrics, demo_query_similarity
+from iclft.metrics.stats import correlation, paired_test, per_layer_interval, t_interval
+from iclft.models.load import load
+from iclft.prompts import Embedder, PromptBuilder, corrupt_labels, select_demos
+from iclft.studies.common import RunSpec, manifest, run_dir, write_manifest
+from iclft.sweep import Unit, atomic_write_json, atomic_write_parquet, run_units
+from iclft.tasks import get_task
+from iclft.tuning import LoraConfigSpec, LoraSession
+
+METRICS = CONVERGENCE_KEYS
+
+
+class ConvergenceSpec(RunSpec):
+    task: str = Field("sentiment", description="task whose queries and demonstrations are used")
+    control_task: str | None = Field(
+        "implicit/boolean", description="unrelated task whose demonstrations form the control (None: no control)"
+    )
+    queries_per_seed: int = Field(4, ge=1, description="test queries per seed (paired across conditions)")
+    k_values: list[int] = Field([1, 2, 4, 8], description="numbers of demonstrations swept")
+    base_k: int = Field(4, ge=1, description="k used while selection / labels / control vary")
+    selections: list[str] = Field(["random", "most_similar", "least_similar"], description="demo selection")
+    label_modes: list[str] = Field(["gold", "flipped", "random"], description="label correctness")
+    candidates: int = Field(256, ge=1, description="candidate pool size for similarity-based selection")
+    embedder: str = Field("all-MiniLM-L6-v2", description="sentence-transformers name or path")
+    lora: LoraConfigSpec = Field(default_factory=LoraConfigSpec, description="IT / SL adapters")
+
+
+QUICK = dict(seeds=2, queries_per_seed=2, k_values=[1, 4], base_k=4, candidates=32,
+             lora=LoraConfigSpec(steps=8))
+
+
+def conditions(spec: ConvergenceSpec) -> list[dict]:
+    out = [dict(name=f"k{k}", k=k, selection="random", labels="gold", control=False) for k in spec.k_values]
+    base = next((c for c in out if c["k"] == spec.base_k), None)
+    if base is None:
+        base = dict(name=f"k{spec.base_k}", k=spec.base_k, selection="random", labels="gold", control=False)
+        out.append(base)
+    base["base"] = True
+    out += [dict(name=f"sel_{s}", k=spec.base_k, selection=s, labels="gold", control=False)
+            for s in spec.selections if s != "random"]
+    out += [dict(name=f"labels_{m}", k=spec.base_k, selection="random", labels=m, control=False)
+            for m in spec.label_modes if m != "gold"]
+    if spec.control_task:
+        out.append(dict(name="control", k=spec.base_k, selection="random", labels="gold", control=True))
+    return out
+
+
+def run(spec: ConvergenceSpec, out: Path) -> Path:
+    started = time.time()
+    # Every input check happens before OUT is touched, so a bad input leaves nothing behind.
+    loaded = load(spec.model, dtype=spec.dtype, device=spec.device,
+                  attn_implementation=spec.attn_implementation, pad_token=spec.pad_token)
+    task = get_task(spec.task)
+    if not task.label_words:
+        raise UserError(f"the convergence study needs a classification task; {spec.task!r} has no label words")
+    control = get_task(spec.control_task) if spec.control_task else None
+    builder = PromptBuilder(loaded.tokenizer, task, max_len=loaded.max_len)
+    conds = conditions(spec)
+    _check_fits(builder, task, control, max(c["k"] for c in conds))
+    embedder = Embedder(spec.embedder)
+    n_layers = loaded.info["n_layers"]
+
+    def unit_fn(unit: Unit) -> pd.DataFrame:
+        return _run_unit(spec, unit.params["cond"], unit.params["seed"], loaded, task, control, builder,
+                         embedder, n_layers)
+
+    units = [Unit(f"{c['name']}__s{s}", {"cond": c, "seed": s}) for c in conds for s in spec.seed_list()]
+    with run_dir(out, spec) as out:
+        records = run_units(units, unit_fn, out / "shards", desc="convergence")
+        atomic_write_parquet(records, out / "records.parquet")
+        summary = summarise(records, spec, conds, loaded.info)
+        atomic_write_json(out / "summary.json", summary)
+        from iclft.report.convergence import write_report
+
+        write_report(out, records, summary, spec, loaded.info)
+        write_manifest(out, manifest(spec, loaded, started, {"study": "convergence", "units": len(units)}))
+    return out
+
+
+def _check_fits(builder, task, control, k_max):
+    longest = sorted(task.train, key=lambda e: len(e.input))[-k_max:]
+    query = max(task.test, key=lambda e: len(e.input))
+    builder.build(query, longest, instruction=True)
+    if control is not None:
+        builder.build(query, sorted(control.train, key=lambda e: len(e.input))[-k_max:], demo_task=control)
+
+
+def _run_unit(spec, cond, seed, loaded, task, control, builder, embedder, n_layers) -> pd.DataFrame:
+    model, fam, pad = loaded.model, loaded.family, loaded.tokenizer.pad_token_id
+    queries = random.Random(seed).sample(task.test, spec.queries_per_seed)  # same queries for every condition
+    rng = random.Random(f"{seed}/{cond['name']}")
+    demo_task = control if cond["control"] else task
+    trials = []
+    for q in queries:
+        demos = select_demos(q, demo_task.train, cond["k"], cond["selection"], rng, embedder, spec.candidates)
+        labels = corrupt_labels(demos, cond["labels"], demo_task.label_words, rng)
+        trials.append((q, demos, labels))
+
+    sites = site_names(n_layers)
+    zsl = [builder.build(q, [], instruction=True).ids for q, _, _ in trials]
+    icl = [builder.build(q, d, lab, instruction=True, demo_task=demo_task).ids for q, d, lab in trials]
+    base = capture(model, fam, zsl + icl, sites, pad_id=pad, batch_size=spec.batch_size, logits=True)
+    h = base.stack("resid_post", n_layers)
+    n = len(trials)
+    h_zsl, h_icl, logits_zsl, logits_icl = h[:n], h[n:], base.logits[:n], base.logits[n:]
+
+    h_it, h_sl, logits_it, logits_sl = [], [], [], []
+    with LoraSession(model, fam, spec.lora) as lora:
+        for i, (_q, demos, labels) in enumerate(trials):
+            for with_instruction, hs, ls in ((True, h_it, logits_it), (False, h_sl, logits_sl)):
+                examples = [builder.training_ids(d, lab, with_instruction, demo_task)
+                            for d, lab in zip(demos, labels, strict=True)]
+                lora.train(examples, seed=zlib.crc32(f"{seed}/{cond['name']}/{i}".encode()), pad_id=pad)
+                c = capture(model, fam, [zsl[i]], sites, pad_id=pad, logits=True)
+                hs.append(c.stack("resid_post", n_layers)[0])
+                ls.append(c.logits[0])
+
+    gold_idx = np.array([task.label_words.index(q.label) for q, _, _ in trials])
+    correct = {name: predict_labels(torch.stack(lg) if isinstance(lg, list) else lg, builder.label_token_ids)
+               == gold_idx
+               for name, lg in (("zsl", logits_zsl), ("icl", logits_icl), ("it", logits_it), ("sl", logits_sl))}
+    rows = []
+    for i, (q, demos, labels) in enumerate(trials):
+        m = convergence_metrics(h_zsl[i], h_icl[i], h_it[i], h_sl[i])
+        sim = demo_query_similarity(embedder([d.input for d in demos]), embedder([q.input])[0])
+        label_acc = float(np.mean([lab == d.label for d, lab in zip(demos, labels, strict=True)]))
+        for layer in range(n_layers):
+            rows.append({
+                "seed": seed, "condition": cond["name"], "base": bool(cond.get("base", False)),
+                "k": cond["k"], "selection": cond["selection"], "labels": cond["labels"],
+                "control": cond["control"], "query": i, "layer": layer, "demo_query_sim": sim,
+                "label_correctness": label_acc,
+                **{f"correct_{s}": bool(c[i]) for s, c in correct.items()},
+                **{key: float(m[key][layer]) for key in METRICS},
+            })
+    return pd.DataFrame(rows)
+
+
+def _seed_layer_matrix(df: pd.DataFrame, metric: str) -> np.ndarray:
+    """(n_seeds, n_layers): mean over queries within each seed."""
+    return df.groupby(["seed", "layer"])[metric].mean().unstack("layer").to_numpy()
+
+
+def summarise(records: pd.DataFrame, spec: ConvergenceSpec, conds: list[dict], model_info: dict) -> dict:
+    last = int(records["layer"].max())
+    base = records[records["base"]]
+    summary: dict = {"study": "convergence", "model": model_info.get("model"),
+                     "builtin_stand_in": bool(model_info.get("builtin_stand_in")),
+                     "n_seeds": int(records["seed"].nunique()), "n_layers": last + 1,
+                     "base_condition": next(c["name"] for c in conds if c.get("base"))}
+    for metric in METRICS:
+        mat = _seed_layer_matrix(base, metric)
+        summary[metric] = {"per_layer": per_layer_interval(mat), "last_layer": t_interval(mat[:, -1])}
+    by_cond = {}
+    for c in conds:
+        sub = records[records["condition"] == c["name"]]
+        entry = {"k": c["k"], "selection": c["selection"], "labels": c["labels"], "control": c["control"]}
+        for metric in METRICS:
+            mat = _seed_layer_matrix(sub, metric)
+            entry[metric] = {"last_layer": t_interval(mat[:, -1]), "per_layer_mean": np.nanmean(mat, 0).tolist()}
+        trials = sub[sub["layer"] == last]
+        for s in ("zsl", "icl", "it", "sl"):
+            entry[f"acc_{s}"] = t_interval(trials.groupby("seed")[f"correct_{s}"].mean().to_numpy())
+        entry["demo_query_sim"] = t_interval(trials.groupby("seed")["demo_query_sim"].mean().to_numpy())
+        by_cond[c["name"]] = entry
+    summary["by_condition"] = by_cond
+
+    lastrows = records[records["layer"] == last]
+    per_seed_last = lambda df, m: df.groupby("seed")[m].mean()  # noqa: E731
+    b = lastrows[lastrows["base"]]
+    summary["paired"] = {
+        "s_icl_it_vs_s_icl_sl": paired_test(per_seed_last(b, "s_icl_it"), per_seed_last(b, "s_icl_sl")),
+        "d_icl_it_vs_d_icl_sl": paired_test(per_seed_last(b, "d_icl_it"), per_seed_last(b, "d_icl_sl")),
+    }
+    if spec.control_task:
+        ctrl = lastrows[lastrows["control"]]
+        summary["paired"]["d_icl_it_task_vs_control"] = paired_test(
+            per_seed_last(b, "d_icl_it"), per_seed_last(ctrl, "d_icl_it"))
+        summary["paired"]["s_icl_it_task_vs_control"] = paired_test(
+            per_seed_last(b, "s_icl_it"), per_seed_last(ctrl, "s_icl_it"))
+
+    # Correlations over trials at the last layer; each factor over the conditions that vary it.
+    task_rows = lastrows[~lastrows["control"]]
+    k_rows = task_rows[task_rows["condition"].str.match(r"^k\d+$")]
+    label_rows = task_rows[task_rows["base"] | task_rows["condition"].str.startswith("labels_")]
+    factors = {"demo_query_sim": task_rows, "k": k_rows, "label_correctness": label_rows}
+    summary["correlations"] = [
+        {"factor": f, "metric": m, **correlation(rows[f].to_numpy(float), rows[m].to_numpy(float))}
+        for f, rows in factors.items() for m in ("s_icl_it", "d_icl_it")
+    ]
+    return summary

@@ -1,0 +1,109 @@
+"""The shipped built-in model: loadable by plain transformers, small, long enough, and able."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BUILTIN = Path(__file__).resolve().parents[1] / "src" / "iclft" / "models" / "builtin"
+
+needs_model = pytest.mark.skipif(
+    not (BUILTIN / "model.safetensors").exists(), reason="built-in model not shipped"
+)
+
+
+@needs_model
+def test_loads_with_plain_transformers_and_no_iclft():
+    code = f"""
+import sys
+from transformers import AutoModelForCausalLM, AutoTokenizer
+tok = AutoTokenizer.from_pretrained({str(BUILTIN)!r})
+model = AutoModelForCausalLM.from_pretrained({str(BUILTIN)!r})
+assert type(model).__name__ == "LlamaForCausalLM", type(model)
+ids = tok("Tweet: i love this\\nSentiment:", return_tensors="pt").input_ids
+out = model(input_ids=ids).logits
+assert out.shape[-1] == model.config.vocab_size
+assert not any(m == "iclft" or m.startswith("iclft.") for m in sys.modules), "iclft was imported"
+print("ok", str(next(model.parameters()).dtype))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "ok torch.float32" in res.stdout
+
+
+@needs_model
+def test_size_context_and_card():
+    size = sum(f.stat().st_size for f in BUILTIN.rglob("*") if f.is_file())
+    assert size <= 25 * 1024 * 1024, size
+    cfg = json.loads((BUILTIN / "config.json").read_text())
+    assert cfg["model_type"] == "llama" and cfg["max_position_embeddings"] >= 1024
+    assert (BUILTIN / "model.safetensors").exists() and (BUILTIN / "tokenizer.json").exists()
+    card = (BUILTIN / "card.md").read_text()
+    for word in ("Recipe", "Data", "Size", "Abilities", "iclft pretrain"):
+        assert word in card
+
+
+@needs_model
+def test_label_words_are_single_distinct_tokens_and_32_shots_fit():
+    from transformers import AutoConfig, AutoTokenizer
+
+    from iclft.models.abilities import _sentiment_queries
+    from iclft.models.corpus import DEFAULT_LABELS, HELDOUT_PAIRS, LABEL_POOL
+    from iclft.tasks.implicit import FAMILIES, RULES, label_words
+
+    tok = AutoTokenizer.from_pretrained(str(BUILTIN))
+    words = list(LABEL_POOL) + list(DEFAULT_LABELS) + [w for p in HELDOUT_PAIRS for w in p]
+    for w in words:
+        ids = tok(w, add_special_tokens=False).input_ids
+        assert len(ids) == 1 and ids[0] != tok.unk_token_id, w
+    for fam in FAMILIES:
+        for rule in RULES[fam]:
+            lw = label_words(fam, rule)
+            if lw:
+                firsts = {tok(w, add_special_tokens=False).input_ids[0] for w in lw}
+                assert len(firsts) == len(lw) and tok.unk_token_id not in firsts, (fam, rule)
+    n_ctx = AutoConfig.from_pretrained(str(BUILTIN)).max_position_embeddings
+    lengths = [len(tok(q.prompt).input_ids) for q in _sentiment_queries("default", 32, 20, seed=0)]
+    assert max(lengths) <= n_ctx, max(lengths)
+
+
+@needs_model
+def test_quick_ability_table():
+    from iclft.models.abilities import ability_table, format_table
+
+    rows = ability_table(BUILTIN, quick=True, families=("boolean", "parity"), lora=False)
+    text = format_table(rows)
+    get = {(r["setting"], r["k"]): r["accuracy_mean"] for r in rows}
+    # 40 queries: chance is 0.5 and the shipped model measures ~0.8, so 0.65 is a real, robust margin
+    assert get["default", 0] >= 0.65, text
+    # the model reads its demonstrations: flipped labels pull accuracy (vs true sentiment) down ...
+    assert get["flipped (vs true sentiment)", 16] < get["default", 16] - 0.2, text
+    # ... and arbitrary known words in a new pairing are learnt in context
+    assert get["new pairing", 16] >= get["new pairing", 0] + 0.15, text
+    assert all(r["n"] == 40 for r in rows if r["ability"] == "sentiment")
+
+
+def test_pretrain_resume_gives_identical_weights(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from iclft.models.pretrain import pretrain
+
+    tiny = dict(steps=6, seq_len=48, batch_size=2, hidden_size=32, intermediate_size=64, num_layers=1,
+                num_heads=2, max_vocab=600, warmup_steps=2, max_shots=6, progress=False)
+    a = pretrain(tmp_path / "a", seed=3, minutes=5, **tiny)
+    b_dir = tmp_path / "b"
+    pretrain(b_dir, seed=3, minutes=5, stop_after_steps=2, **tiny)  # "killed" after 2 steps
+    assert (b_dir / "checkpoint.pt").exists() and not (b_dir / "final").exists()
+    pretrain(b_dir, seed=3, minutes=5, stop_after_steps=3, **tiny)  # and again after 5
+    b = pretrain(b_dir, seed=3, minutes=5, **tiny)  # resumed to the end
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    meta = json.loads((b / "pretrain_meta.json").read_text())
+    assert meta["step"] == 6 and meta["complete"]
