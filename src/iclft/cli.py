@@ -69,9 +69,7 @@ def _run_one(study: str, out: Path, spec_path, quick: bool, overrides: dict) -> 
     from iclft.studies.common import load_spec
 
     spec_cls, quick_preset, run_fn = REGISTRY[study]
-    base = dict(quick_preset) if quick else {}
-    spec = load_spec(spec_cls, spec_path, {**base, **{k: v for k, v in overrides.items() if v is not None}})
-    return run_fn(spec, out)
+    return run_fn(load_spec(spec_cls, spec_path, overrides, preset=quick_preset if quick else None), out)
 
 
 @app.command()

@@ -37,7 +37,8 @@ class RunSpec(BaseModel):
         return list(range(self.seed_offset, self.seed_offset + self.seeds))
 
 
-def load_spec(cls: type[BaseModel], path: Path | None, overrides: dict) -> BaseModel:
+def load_spec(cls: type[BaseModel], path: Path | None, overrides: dict, preset: dict | None = None) -> BaseModel:
+    """Precedence: class defaults < preset (e.g. --quick) < YAML file < command-line overrides."""
     data: dict = {}
     if path is not None:
         try:
@@ -50,7 +51,7 @@ def load_spec(cls: type[BaseModel], path: Path | None, overrides: dict) -> BaseM
             raise UserError(f"malformed YAML in {str(path)!r}{where}: {getattr(exc, 'problem', exc)}") from None
         if not isinstance(data, dict):
             raise UserError(f"spec file {str(path)!r} must hold a mapping of fields, not {type(data).__name__}")
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    data = {**(preset or {}), **data, **{k: v for k, v in overrides.items() if v is not None}}
     try:
         return cls(**data)
     except ValidationError as exc:
