@@ -102,7 +102,8 @@ def models_list():
     state = "shipped" if builtin_available() else "NOT shipped: a random stand-in is used"
     typer.echo(f"builtin  {BUILTIN_DIR} ({state})")
     for fam in FAMILIES.values():
-        typer.echo(f"family {fam.name:9s} model_type: {', '.join(fam.model_types):22s} LoRA: {', '.join(fam.lora_targets)}")
+        types, targets = ", ".join(fam.model_types), ", ".join(fam.lora_targets)
+        typer.echo(f"family {fam.name:9s} model_type: {types:22s} LoRA: {targets}")
 
 
 @models_app.command("eval")

@@ -109,10 +109,12 @@ def findings(summary: dict) -> list[str]:
     if pt:
         ctrl = summary["by_condition"]["control"]["d_icl_it"]["last_layer"]
         better = pt["mean_diff"] == pt["mean_diff"] and pt["mean_diff"] > 0 and pt["t_p"] < 0.05
+        verdict = ("The convergence is task-specific." if better else
+                   "The convergence is NOT distinguishable from the control here, so it need not be task-specific.")
         out.append(
             f"<b>Control.</b> With demonstrations from an unrelated task, d_icl_it = {H.fmt_ci(ctrl)}; the task's own "
             f"demonstrations differ by {pt['mean_diff']:+.3f} (paired t {_sig(pt['t_p'])}, Wilcoxon "
-            f"{_sig(pt['wilcoxon_p'])}). {'The convergence is task-specific.' if better else 'The convergence is NOT distinguishable from the control here, so it need not be task-specific.'}")
+            f"{_sig(pt['wilcoxon_p'])}). {verdict}")
     pt = summary["paired"]["d_icl_it_vs_d_icl_sl"]
     out.append(
         f"<b>Instruction.</b> d_icl_it − d_icl_sl = {pt['mean_diff']:+.3f} (paired t {_sig(pt['t_p'])}, Wilcoxon "

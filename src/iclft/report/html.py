@@ -24,7 +24,8 @@ def esc(x) -> str:
 
 def img(path: Path, alt: str = "") -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{data}"><figcaption>{esc(alt)}</figcaption></figure>'
+    return (f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{esc(alt)}</figcaption></figure>")
 
 
 def table(header: list[str], rows: list[list]) -> str:

@@ -33,7 +33,8 @@ def rerender(run_dir: Path) -> Path:
         spec_data = yaml.safe_load((run_dir / "spec.yaml").read_text())
         info = json.loads((run_dir / "manifest.json").read_text())["model"]
     except FileNotFoundError as exc:
-        raise UserError(f"{str(run_dir)!r} is not a finished run directory (missing {Path(exc.filename).name})") from None
+        missing = Path(exc.filename).name
+        raise UserError(f"{str(run_dir)!r} is not a finished run directory (missing {missing})") from None
     study = summary.get("study")
     if study == "convergence":
         from iclft.report.convergence import write_report

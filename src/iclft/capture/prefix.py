@@ -1,0 +1,250 @@
+"""Capture with a shared prefix: run the common part of many prompts once and reuse its KV cache.
+
+In the dual-view study every query of a seed is shown after the same demonstrations, so the prompts
+differ only in their suffix (the query). `capture_prefixed(model, family, prefix, suffixes, sites)`
+runs `prefix` once (batch 1, `use_cache=True`), then runs the suffixes in length-sorted batches on top
+of a copy of its cache. Inside a batch the suffixes are left-padded *between* the prefix and the
+suffix: [prefix | pad pad | suffix], with the padding masked out and position ids continuing from the
+prefix, so the last column is every prompt's last token and each prompt sees exactly the positions it
+would alone. The result is a `Capture` laid out as `capture(..., last=True)` would lay it out for the
+full prompts `prefix + suffix` (attn.scores over the prompt's non-padding keys, prefix keys first).
+
+`record_attention` is the attention-function recorder used here and by FT-KV tuning: it keeps the
+attention queries (after RoPE, as attention sees them) and keys of chosen layers.
+An extra last-token site `blocks.{l}.attn.q` gives the query vector of the last token, (heads, d_head).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import re
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from transformers.cache_utils import DynamicCache
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+from iclft.capture.core import Capture
+from iclft.models.families import Family, blocks_of, get_module
+
+_SITE = re.compile(r"^blocks\.(\d+)\.(resid_post|attn\.out|attn\.scores|attn\.q|mlp\.out)$")
+_ACTIVE: contextvars.ContextVar = contextvars.ContextVar("iclft_attn_recorder", default=None)
+
+
+@dataclass
+class AttentionRecord:
+    """What `record_attention` keeps, per layer, for the latest forward pass.
+
+    queries[l]: (batch, heads, q_len, d_head), or (batch, heads, 1, d_head) with last_only;
+    keys[l]:    (batch, heads, n_keys, d_head) with KV groups repeated to the query heads (if keys=True);
+    scaling[l]: the scale attention multiplies q·k by.
+    """
+
+    layer_of_attn: dict[int, int]
+    layers: set[int]
+    last_only: bool
+    want_keys: bool
+    queries: dict[int, torch.Tensor] = field(default_factory=dict)
+    keys: dict[int, torch.Tensor] = field(default_factory=dict)
+    scaling: dict[int, float] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        self.queries.clear()
+        self.keys.clear()
+        self.scaling.clear()
+
+    def scores_last(self, layer: int) -> torch.Tensor:
+        """Pre-softmax, pre-mask q·k·scale of the last query position: (batch, heads, n_keys), float32."""
+        q = self.queries[layer][:, :, -1]
+        return torch.einsum("bhd,bhkd->bhk", q.float(), self.keys[layer].float()) * self.scaling[layer]
+
+
+def _recording_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
+    rec: AttentionRecord | None = _ACTIVE.get()
+    impl = kw.pop("_iclft_impl", None) or "sdpa"
+    if rec is not None:
+        layer = rec.layer_of_attn.get(id(module))
+        if layer in rec.layers:
+            q = query[:, :, -1:] if rec.last_only else query
+            rec.queries[layer] = q.detach()
+            if rec.want_keys:
+                n_rep = query.shape[1] // key.shape[1]
+                rec.keys[layer] = (key.repeat_interleave(n_rep, dim=1) if n_rep > 1 else key).detach()
+            rec.scaling[layer] = float(scaling if scaling is not None else query.shape[-1] ** -0.5)
+    if impl == "eager":
+        fn = sys.modules[type(module).__module__].eager_attention_forward
+    else:
+        fn = ALL_ATTENTION_FUNCTIONS[impl]
+    return fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kw)
+
+
+def _register(impl: str) -> str:
+    name = f"iclft_record_{impl}"
+    if name not in ALL_ATTENTION_FUNCTIONS:
+        def fn(module, *args, **kw):
+            return _recording_attention(module, *args, _iclft_impl=impl, **kw)
+
+        AttentionInterface.register(name, fn)
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[impl])
+    return name
+
+
+@contextlib.contextmanager
+def record_attention(model, family: Family, layers, *, last_only: bool = False, keys: bool = False):
+    """Record attention queries (and keys) of `layers` during the forward passes inside the block.
+
+    Yields an `AttentionRecord` that each forward pass overwrites. The model's attention implementation
+    is restored on exit.
+    """
+    cfg = model.config
+    impl = cfg._attn_implementation or "eager"
+    if impl not in ("eager", "sdpa"):
+        raise ValueError(f"recording attention needs eager or sdpa attention, not {impl!r}")
+    blocks = blocks_of(model, family)
+    rec = AttentionRecord({id(get_module(b, family.attn)): i for i, b in enumerate(blocks)}, set(layers),
+                          last_only, keys)
+    token = _ACTIVE.set(rec)
+    cfg._attn_implementation = _register(impl)
+    try:
+        yield rec
+    finally:
+        cfg._attn_implementation = impl
+        _ACTIVE.reset(token)
+
+
+def _parse(sites: list[str], n_layers: int) -> list[tuple[str, int, str]]:
+    parsed = []
+    for site in sites:
+        m = _SITE.match(site)
+        if not m:
+            raise ValueError(f"unknown hook site {site!r} (expected e.g. 'blocks.0.resid_post')")
+        layer = int(m.group(1))
+        if layer >= n_layers:
+            raise ValueError(f"site {site!r}: the model has {n_layers} blocks")
+        parsed.append((site, layer, m.group(2)))
+    return parsed
+
+
+def prefix_cache(model, prefix: list[int]):
+    """Per layer (keys, values) of `prefix` from one forward pass, or None for an empty prefix."""
+    if not prefix:
+        return None
+    device = next(model.parameters()).device
+    ids = torch.tensor([prefix], dtype=torch.long, device=device)
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+    cache = out.past_key_values
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _expand_cache(model, kv, batch: int) -> DynamicCache:
+    data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in kv]
+    return DynamicCache(ddp_cache_data=data, config=model.config)
+
+
+@torch.no_grad()
+def capture_prefixed(
+    model,
+    family: Family,
+    prefix: list[int],
+    suffixes: list[list[int]],
+    sites: list[str],
+    *,
+    pad_id: int,
+    batch_size: int = 16,
+    logits: bool = False,
+) -> Capture:
+    """Last-token capture of the prompts `prefix + s` for s in `suffixes`, computing the prefix once.
+
+    Same sites as `capture` (plus `blocks.{l}.attn.q`), same result layout as `capture(last=True)`.
+    """
+    if not suffixes:
+        raise ValueError("no prompts to capture")
+    if any(len(s) == 0 for s in suffixes):
+        raise ValueError("every suffix needs at least one token (the prompt's last token is in it)")
+    blocks = blocks_of(model, family)
+    n_layers = len(blocks)
+    parsed = _parse(sites, n_layers)
+    rec_layers = {layer for _, layer, kind in parsed if kind in ("attn.scores", "attn.q")}
+    want_keys = any(kind == "attn.scores" for _, _, kind in parsed)
+    device = next(model.parameters()).device
+    n_prefix = len(prefix)
+
+    current: dict[str, torch.Tensor] = {}
+    shape: list[int] = []
+
+    def keep(site):
+        def hook(_mod, _inp, out):
+            t = out[0] if isinstance(out, tuple) else out
+            if t.dim() == 2:  # OPT runs its MLP on (batch*seq, d)
+                t = t.view(*shape, -1)
+            current[site] = t[:, -1].detach()
+
+        return hook
+
+    kv = prefix_cache(model, prefix)  # before any hook or recorder: the prefix needs no recording
+    hooks = []
+    final_norm = get_module(model, family.final_norm)
+    for site, layer, kind in parsed:
+        if kind == "resid_post":
+            mod = final_norm if layer == n_layers - 1 else blocks[layer]
+        elif kind == "attn.out":
+            mod = get_module(blocks[layer], family.attn)
+        elif kind == "mlp.out":
+            mod = get_module(blocks[layer], family.mlp)
+        else:
+            continue
+        hooks.append(mod.register_forward_hook(keep(site)))
+
+    order = sorted(range(len(suffixes)), key=lambda i: len(suffixes[i]))
+    got: dict[str, list] = {s: [None] * len(suffixes) for s, _, _ in parsed}
+    all_logits: list = [None] * len(suffixes)
+    ctx = (record_attention(model, family, rec_layers, last_only=True, keys=want_keys) if rec_layers
+           else contextlib.nullcontext())
+    try:
+        with ctx as rec:
+            for start in range(0, len(order), batch_size):
+                idx = order[start:start + batch_size]
+                seqs = [suffixes[i] for i in idx]
+                b, width = len(seqs), max(len(s) for s in seqs)
+                ids = torch.full((b, width), pad_id, dtype=torch.long)
+                smask = torch.zeros((b, width), dtype=torch.long)
+                for j, s in enumerate(seqs):
+                    ids[j, width - len(s):] = torch.tensor(s, dtype=torch.long)
+                    smask[j, width - len(s):] = 1
+                pos = n_prefix + (smask.cumsum(-1) - 1).clamp(min=0)
+                mask = torch.cat([torch.ones((b, n_prefix), dtype=torch.long), smask], dim=1)
+                current.clear()
+                shape[:] = ids.shape
+                if rec is not None:
+                    rec.clear()
+                kwargs = dict(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device))
+                if kv is not None:
+                    out = model(**kwargs, past_key_values=_expand_cache(model, kv, b), use_cache=True)
+                else:
+                    out = model(**kwargs, use_cache=False)
+                for j, i in enumerate(idx):
+                    n = len(seqs[j])
+                    if logits:
+                        all_logits[i] = out.logits[j, -1].float().cpu()
+                    for site, layer, kind in parsed:
+                        if kind == "attn.scores":
+                            s = rec.scores_last(layer)[j]  # (heads, n_prefix + width)
+                            s = torch.cat([s[:, :n_prefix], s[:, n_prefix + width - n:]], dim=-1)
+                            got[site][i] = s.cpu()
+                        elif kind == "attn.q":
+                            got[site][i] = rec.queries[layer][j, :, -1].float().cpu()
+                        else:
+                            got[site][i] = current[site][j].float().cpu()
+    finally:
+        for h in hooks:
+            h.remove()
+
+    result = Capture()
+    for site, _, kind in parsed:
+        result.acts[site] = got[site] if kind == "attn.scores" else torch.stack(got[site])
+    if logits:
+        result.logits = torch.stack(all_logits)
+    return result
