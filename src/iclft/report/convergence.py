@@ -33,6 +33,7 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
     axes[1].set_title("Direction of change from ZSL")
     for ax in axes:
         ax.set_xlabel("layer")
+        ax.set_xticks(x)
         ax.legend(fontsize=8)
     axes[1].axhline(0, color="grey", lw=0.5)
     figs["similarity by layer (base condition, 95% CI over seeds)"] = save(fig, out / "figures/similarity_by_layer.png")

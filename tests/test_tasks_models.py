@@ -1,0 +1,81 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from iclft import UserError
+from iclft.models.families import FAMILIES, family_for, get_module
+from iclft.tasks import get_task
+from iclft.tasks.sentiment import load_tweets
+
+
+def test_sentiment_split_is_fixed_balanced_and_disjoint():
+    train, test = load_tweets()
+    assert len(test) == 1000 and sum(e.label == "positive" for e in test) == 500
+    assert {e.label for e in train} == {"positive", "negative"}  # neutral dropped by default
+    assert not {e.input for e in train} & {e.input for e in test}
+    load_tweets.cache_clear()
+    train2, test2 = load_tweets()
+    assert [e.input for e in test2[:50]] == [e.input for e in test[:50]]  # seeded, not random per process
+    task = get_task("sentiment")
+    assert task.label_words == ["negative", "positive"] and "{input}" in task.template
+
+
+def test_custom_jsonl_and_csv(tmp_path):
+    rows = [{"input": f"text {i}", "label": "yes" if i % 3 else "no"} for i in range(30)]
+    p = tmp_path / "t.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows))
+    t = get_task(str(p))
+    assert len(t.train) + len(t.test) == 30 and t.label_words == ["no", "yes"]
+    c = tmp_path / "t.csv"
+    c.write_text("input,label,split\na b,x,train\nc d,y,train\ne f,x,test\n")
+    t = get_task(str(c))
+    assert [e.input for e in t.test] == ["e f"] and len(t.train) == 2
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "no input field"}\n')
+    with pytest.raises(UserError, match="lacks"):
+        get_task(str(bad))
+
+
+def test_hub_tasks_fail_with_one_clear_error_offline():
+    for name in ("glue/sst2", "wmt16"):
+        with pytest.raises(UserError):
+            get_task(name)
+
+
+def test_unknown_task():
+    with pytest.raises(UserError, match="unknown task"):
+        get_task("nope")
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma", "gpt2", "gpt_neox", "opt"])
+def test_family_paths_resolve(kind, tiny_models):
+    model = tiny_models[kind]
+    fam = family_for(model.config)
+    blocks = get_module(model, fam.blocks)
+    assert len(blocks) == model.config.num_hidden_layers
+    get_module(model, fam.final_norm)
+    for path in (fam.attn, fam.o_proj, fam.mlp, fam.q, fam.k, fam.v, fam.qkv):
+        if path:
+            get_module(blocks[0], path)
+    names = [n for n, _ in model.named_modules()]
+    for target in fam.lora_targets:
+        assert any(n.endswith(target) for n in names)
+
+
+def test_unknown_family_is_an_error():
+    class Cfg:
+        model_type = "mamba"
+
+    with pytest.raises(UserError, match="unsupported model family 'mamba'"):
+        family_for(Cfg())
+    assert {"llama", "gemma", "gpt2", "gpt_neox", "opt"} <= set(FAMILIES)
+
+
+def test_python_dash_m_entry_point():
+    res = subprocess.run([sys.executable, "-m", "iclft", "tasks"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "sentiment" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "iclft", "run", "nope", "--out", "x"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.strip().startswith("error: unknown study")
