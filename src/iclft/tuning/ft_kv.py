@@ -88,13 +88,17 @@ class FtKvSession:
 
     def __enter__(self):
         self.saved = [p.detach().clone() for _, p, _ in self.params]
+        # Only K/V tensors may receive gradients while training; every flag comes back on exit.
+        self.flags = [(p, p.requires_grad) for p in self.model.parameters()]
+        self.model.requires_grad_(False)
         return self
 
     def __exit__(self, *exc):
         self.restore()
         for _, p, _ in self.params:
-            p.requires_grad_(False)
             p.grad = None
+        for p, flag in self.flags:
+            p.requires_grad_(flag)
         self.saved = None
 
     @torch.no_grad()

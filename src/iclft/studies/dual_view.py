@@ -1,0 +1,388 @@
+"""Dual-view study (Dai et al. 2023): does in-context learning act like a gradient step on K and V?
+
+Pipeline, per unit of work (one seed):
+  draw demonstrations (k, seeded order, balanced over labels by default; fewer only if the context
+  cannot hold k) -> draw a validation split from TRAIN, disjoint from the demonstrations and the queries
+  -> capture ZSL and ICL last-token states of every query (the shared prefix runs once, its KV cache is
+  reused) -> choose the FT-KV learning rate on the validation split (grid) -> FT-KV with it, recording
+  the demonstration tokens' attention queries -> capture the FT-KV model on the ZSL prompts
+  -> Rec2FTP, SimAOU (+ random), SimAM before/after, Kendall (+ random), accuracies.
+Every seed sees the same queries (the first `queries` of the test split, all by default), so seeds differ
+only in demonstrations (and hence in the FT-KV model). Definitions: METRICS.md, "Dual view".
+
+Choices, stated once:
+- Prompts: ICL = [instruction] + demonstrations + query; ZSL = [instruction] + query; the FT-KV model sees
+  the ZSL prompt. FT-KV trains on each templated demonstration (input + label) *without* the
+  instruction (`ft_instruction`), as Dai et al. train on bare demonstrations.
+- The captured position is the prompt's last token, the one before the label (tests check it).
+- SimAM keeps only the keys of the query's own tokens (its template span), in all three settings.
+- Kendall, FT side: the demonstration tokens' queries are recorded during their own FT-KV step (with
+  the weights before that step's update); the test token's query is the FT-KV model's at the last token
+  of the ZSL prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+import warnings
+import zlib
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field
+
+from iclft import UserError
+from iclft.capture.prefix import capture_prefixed
+from iclft.metrics.dual import (
+    ft_kv_scores,
+    icl_demo_attention,
+    kendall,
+    kendall_random,
+    predict_labels,
+    rec2ftp,
+    simam,
+    simaou,
+    simaou_random,
+)
+from iclft.metrics.dualform import check_dual_form
+from iclft.metrics.stats import per_layer_interval, t_interval
+from iclft.models.load import load
+from iclft.prompts import PromptBuilder
+from iclft.studies.common import RunSpec, manifest, run_dir, write_manifest
+from iclft.sweep import Unit, atomic_write_json, atomic_write_parquet, run_units
+from iclft.tasks.base import Example, Task
+from iclft.tuning.ft_kv import FtKvSession
+
+LAYER_METRICS = ("simaou", "simaou_random", "simam_before", "simam_after", "kendall", "kendall_random")
+SCALAR_METRICS = ("rec2ftp", "acc_zsl", "acc_icl", "acc_ft")
+SETTINGS = ("zsl", "icl", "ft")
+
+# Dai et al. (2023), averages over their six datasets, GPT 1.3B / 2.7B (Tables 2-5); Rec2FTP in %.
+PUBLISHED = {
+    "models": ["GPT 1.3B", "GPT 2.7B"],
+    "rec2ftp": [85.6, 89.4],
+    "simaou": [0.186, 0.225],
+    "simam_before": [0.338, 0.355],
+    "simam_after": [0.442, 0.434],
+    "kendall": [0.193, 0.214],
+}
+
+
+class DualSpec(RunSpec):
+    seeds: int = Field(10, ge=1, description="number of demonstration sets (one FT-KV model each)")
+    batch_size: int = Field(32, ge=1, description="queries per forward pass (on top of the cached prefix)")
+    task: str = Field("sentiment", description="classification task (or dai/<sst2|sst5|mr|subj|agnews|cb>, online)")
+    k: int = Field(32, ge=1, description="demonstrations per seed (fewer only if the context cannot hold them)")
+    queries: int | None = Field(None, ge=1, description="first N queries of the test split (None: all)")
+    demo_sampling: Literal["balanced", "random"] = Field(
+        "balanced", description="balanced: k/n_labels per label (remainder random), seeded order; random: any")
+    instruction: bool = Field(True, description="instruction in the ICL and ZSL prompts")
+    ft_instruction: bool = Field(False, description="instruction in the FT-KV training examples")
+    lr_grid: list[float] = Field([1e-4, 3e-4, 1e-3, 3e-3, 1e-2], description="FT-KV SGD learning rates tried")
+    val_size: int = Field(200, ge=1, description="validation queries (from TRAIN) for choosing the learning rate")
+    query_chunk: int = Field(256, ge=1, description="queries held in memory at once")
+
+
+QUICK = dict(seeds=2, k=4, queries=16, lr_grid=[1e-3, 1e-2], val_size=16)
+
+
+def resolve_task(name: str) -> Task:
+    if name.startswith("dai/"):
+        from iclft.tasks.dai import dai_task
+
+        return dai_task(name)
+    from iclft.tasks import get_task
+
+    return get_task(name)
+
+
+def run(spec: DualSpec, out: Path) -> Path:
+    started = time.time()
+    # Every input check happens before OUT is touched, so a bad input leaves nothing behind.
+    loaded = load(spec.model, dtype=spec.dtype, device=spec.device,
+                  attn_implementation=spec.attn_implementation, pad_token=spec.pad_token)
+    task = resolve_task(spec.task)
+    builder = PromptBuilder(loaded.tokenizer, task)  # context length is checked (and k fitted) per seed
+    queries = validate(spec, task, builder, loaded.max_len)
+    n_layers = loaded.info["n_layers"]
+
+    def unit_fn(unit: Unit) -> pd.DataFrame:
+        return run_seed(spec, unit.params["seed"], loaded, task, builder, queries, n_layers)
+
+    units = [Unit(f"seed{s}", {"seed": s}) for s in spec.seed_list()]
+    with run_dir(out, spec) as out:
+        records = run_units(units, unit_fn, out / "shards", desc="dual")
+        atomic_write_parquet(records, out / "records.parquet")
+        summary = summarise(records, spec, loaded.info)
+        atomic_write_json(out / "summary.json", summary)
+        from iclft.report.dual_view import write_report
+
+        write_report(out, records, summary, spec, loaded.info)
+        extra = {"study": "dual", "units": len(units), "lr_grid": list(spec.lr_grid),
+                 "lr_choice": summary["lr_choice"], "k_per_seed": summary["k_per_seed"],
+                 "demo_sampling": spec.demo_sampling, "val_size": spec.val_size, "n_queries": len(queries),
+                 "prefix_kv_cache": True}
+        write_manifest(out, manifest(spec, loaded, started, extra))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def validate(spec: DualSpec, task: Task, builder: PromptBuilder, max_len: int) -> list[Example]:
+    """The measured queries; raises UserError on any input the run could not honour."""
+    if not task.label_words:
+        raise UserError(f"the dual-view study needs a classification task; {spec.task!r} has no label words")
+    if builder.label_token_ids is None:
+        raise UserError(f"task {spec.task!r}: no label tokens")
+    if not spec.lr_grid:
+        raise UserError("lr_grid is empty: give at least one FT-KV learning rate")
+    bad = [lr for lr in spec.lr_grid if not (math.isfinite(lr) and lr >= 0)]
+    if bad:
+        raise UserError(f"lr_grid holds invalid learning rates {bad}; they must be finite and >= 0")
+    if spec.queries is not None and spec.queries > len(task.test):
+        raise UserError(f"asked for {spec.queries} queries but the test split has {len(task.test)}")
+    queries = task.test[: spec.queries] if spec.queries is not None else list(task.test)
+    unknown = sorted({q.label for q in queries if q.label not in task.label_words})
+    if unknown:
+        raise UserError(f"test labels {unknown} are not among the task's label words {task.label_words}")
+    pool = demo_pool(task, queries)
+    if len(pool) < spec.k + spec.val_size:
+        raise UserError(f"the training split has {len(pool)} usable examples; k + val_size = "
+                        f"{spec.k + spec.val_size} are needed")
+    if spec.demo_sampling == "balanced":
+        n_labels = len(task.label_words)
+        need = -(-spec.k // n_labels) + -(-spec.val_size // n_labels)
+        for w in task.label_words:
+            have = sum(e.label == w for e in pool)
+            if have < need:
+                raise UserError(f"balanced sampling (demonstrations + validation) needs {need} training examples "
+                                f"labelled {w!r}, found {have}")
+    longest = max(queries, key=lambda q: len(builder.build(q, [], instruction=spec.instruction)))
+    shortest_demo = min(pool, key=lambda e: len(e.input))
+    n = len(builder.build(longest, [shortest_demo], instruction=spec.instruction))
+    if n > max_len:
+        raise UserError(f"even one demonstration does not fit the model's context ({n} > {max_len} tokens)")
+    return queries
+
+
+def demo_pool(task: Task, queries: list[Example]) -> list[Example]:
+    """Training examples usable as demonstrations or validation queries: none shares a measured query's text."""
+    seen = {q.input for q in queries}
+    return [e for e in task.train if e.input not in seen and e.label in task.label_words]
+
+
+def draw_demos(pool: list[Example], k: int, labels: list[str], mode: str, rng: random.Random) -> list[Example]:
+    """k demonstrations in a seeded order. balanced: k // n_labels per label, the remainder from random labels."""
+    if mode == "random":
+        return rng.sample(pool, k)
+    per = {w: k // len(labels) for w in labels}
+    for w in rng.sample(labels, k % len(labels)):
+        per[w] += 1
+    chosen = []
+    for w in labels:
+        chosen += rng.sample([e for e in pool if e.label == w], per[w])
+    rng.shuffle(chosen)
+    return chosen
+
+
+def fit_demos(builder: PromptBuilder, demos: list[Example], longest: Example, max_len: int,
+              instruction: bool) -> list[Example]:
+    """The first k' ≤ k demonstrations such that the longest query's ICL prompt fits the context."""
+    k = len(demos)
+    while k > 0 and len(builder.build(longest, demos[:k], instruction=instruction)) > max_len:
+        k -= 1
+    if k == 0:
+        raise UserError("no demonstration fits the model's context with the longest query")
+    return demos[:k]
+
+
+def draw_validation(pool: list[Example], demos: list[Example], n: int, labels: list[str], mode: str,
+                    rng: random.Random) -> list[Example]:
+    """n validation queries from the training pool, none a demonstration; balanced over labels like the demos
+    (the sentiment test split is balanced, its training split is not)."""
+    used = {d.input for d in demos}
+    return draw_demos([e for e in pool if e.input not in used], n, labels, mode, rng)
+
+
+# ------------------------------------------------------------------------------------------- one seed
+def _prefix_and_suffixes(prompts) -> tuple[list[int], list[list[int]]]:
+    start = prompts[0].query_span[0]
+    prefix = prompts[0].ids[:start]
+    for p in prompts:
+        if p.query_span[0] != start or p.ids[:start] != prefix:
+            raise RuntimeError("prompts of one seed must share everything before the query")
+    return prefix, [p.ids[start:] for p in prompts]
+
+
+def _capture_setting(model, fam, prompts, n_layers, spec, pad_id, label_ids, want_q=False,
+                     demo_positions=None) -> dict:
+    """Last-token quantities of one setting for all prompts, in chunks: logits at the label columns,
+    attn_out (n, L, d), query-span scores per query and layer, ICL attention to demo tokens, test queries."""
+    prefix, suffixes = _prefix_and_suffixes(prompts)
+    kinds = ["attn.out", "attn.scores"] + (["attn.q"] if want_q else [])
+    sites = [f"blocks.{layer}.{kind}" for kind in kinds for layer in range(n_layers)]
+    res: dict = {"logits": [], "attn_out": [], "simam_rows": [], "demo_attn": [], "q_last": []}
+    for start in range(0, len(prompts), spec.query_chunk):
+        chunk = prompts[start:start + spec.query_chunk]
+        cap = capture_prefixed(model, fam, prefix, suffixes[start:start + spec.query_chunk], sites,
+                               pad_id=pad_id, batch_size=spec.batch_size, logits=True)
+        res["logits"].append(cap.logits[:, label_ids])
+        res["attn_out"].append(cap.stack("attn.out", n_layers))
+        if want_q:
+            res["q_last"].append(cap.stack("attn.q", n_layers))
+        for j, p in enumerate(chunk):
+            qs, qe = p.query_span
+            rows, demo = [], []
+            for layer in range(n_layers):
+                s = cap.acts[f"blocks.{layer}.attn.scores"][j]  # (heads, len(p.ids))
+                rows.append(s[:, qs:qe].double().numpy())
+                if demo_positions is not None:
+                    probs = torch.softmax(s.double(), dim=-1).numpy()
+                    demo.append(icl_demo_attention(probs, demo_positions))
+            res["simam_rows"].append(rows)
+            if demo_positions is not None:
+                res["demo_attn"].append(np.stack(demo))
+    res["logits"] = torch.cat(res["logits"])
+    res["attn_out"] = torch.cat(res["attn_out"])
+    res["q_last"] = torch.cat(res["q_last"]) if want_q else None
+    return res
+
+
+def _val_score(model, fam, prompts, label_ids, gold, spec, pad_id) -> tuple[float, float]:
+    """(accuracy, mean log-probability of the gold label among the label words) on validation prompts."""
+    prefix, suffixes = _prefix_and_suffixes(prompts)
+    cap = capture_prefixed(model, fam, prefix, suffixes, [], pad_id=pad_id, batch_size=spec.batch_size,
+                           logits=True)
+    lg = cap.logits[:, label_ids].double()
+    acc = float((lg.argmax(-1).numpy() == gold).mean())
+    logp = torch.log_softmax(lg, dim=-1)[torch.arange(len(gold)), torch.as_tensor(gold)]
+    return acc, float(logp.mean())
+
+
+def run_seed(spec: DualSpec, seed: int, loaded, task: Task, builder: PromptBuilder, queries: list[Example],
+             n_layers: int) -> pd.DataFrame:
+    model, fam, pad = loaded.model, loaded.family, loaded.tokenizer.pad_token_id
+    words, label_ids = task.label_words, builder.label_token_ids
+    rng = random.Random(f"dual/{seed}")
+    pool = demo_pool(task, queries)
+    demos = draw_demos(pool, spec.k, words, spec.demo_sampling, rng)
+    longest = max(queries, key=lambda q: len(builder.build(q, [], instruction=spec.instruction)))
+    demos = fit_demos(builder, demos, longest, loaded.max_len, spec.instruction)
+    val = draw_validation(pool, demos, spec.val_size, words, spec.demo_sampling, rng)
+
+    zsl = [builder.build(q, [], instruction=spec.instruction) for q in queries]
+    icl = [builder.build(q, demos, instruction=spec.instruction) for q in queries]
+    demo_positions = [i for a, b in icl[0].demo_spans for i in range(a, b)]
+    demo_tokens = [icl[0].ids[i] for i in demo_positions]
+
+    c_zsl = _capture_setting(model, fam, zsl, n_layers, spec, pad, label_ids)
+    c_icl = _capture_setting(model, fam, icl, n_layers, spec, pad, label_ids, demo_positions=demo_positions)
+
+    train_ids, starts = [], []
+    for d, (a, b) in zip(demos, icl[0].demo_spans, strict=True):
+        ids, _ = builder.training_ids(d, None, instruction=spec.ft_instruction)
+        train_ids.append(ids)
+        starts.append(len(ids) - (b - a))
+    if [t for ids, s in zip(train_ids, starts, strict=True) for t in ids[s:]] != demo_tokens:
+        raise RuntimeError("FT-KV training tokens differ from the ICL demonstration tokens")
+
+    val_prompts = [builder.build(v, [], instruction=spec.instruction) for v in val]
+    val_gold = np.array([words.index(v.label) for v in val])
+    search = {}
+    with FtKvSession(model, fam) as session:
+        for lr in spec.lr_grid:
+            session.train(train_ids, lr)
+            search[repr(float(lr))] = _val_score(model, fam, val_prompts, label_ids, val_gold, spec, pad)
+        # Best validation accuracy; ties go to the higher gold log-probability, then to the earlier grid entry.
+        best = max(spec.lr_grid, key=lambda lr: (search[repr(float(lr))][0], search[repr(float(lr))][1]))
+        ft = session.train(train_ids, best, record_from=starts)
+        c_ft = _capture_setting(model, fam, zsl, n_layers, spec, pad, label_ids, want_q=True)
+    if ft.steps != len(demos):
+        raise RuntimeError(f"FT-KV took {ft.steps} steps for {len(demos)} demonstrations")
+
+    gold = np.array([words.index(q.label) for q in queries])
+    preds = {s: predict_labels(c["logits"], list(range(len(words))))
+             for s, c in (("zsl", c_zsl), ("icl", c_icl), ("ft", c_ft))}
+    demo_q = torch.stack([ft.demo_queries[layer] for layer in range(n_layers)])  # (L, h, T, d)
+    if demo_q.shape[2] != len(demo_positions):
+        raise RuntimeError("recorded FT-KV demonstration queries do not match the demonstration tokens")
+    gen = torch.Generator().manual_seed(zlib.crc32(f"dual/random/{seed}".encode()))
+    a_z, a_i, a_f = c_zsl["attn_out"], c_icl["attn_out"], c_ft["attn_out"]
+    lr_search = json.dumps({"grid": [float(x) for x in spec.lr_grid], "chosen": float(best),
+                            "val_acc": {k: v[0] for k, v in search.items()},
+                            "val_gold_logprob": {k: v[1] for k, v in search.items()}})
+    rows = []
+    for i in range(len(queries)):
+        sl = slice(i, i + 1)
+        m = {
+            "simaou": simaou(a_z[sl], a_i[sl], a_f[sl]),
+            "simaou_random": simaou_random(a_z[sl], a_i[sl], gen),
+            "simam_before": simam([c_icl["simam_rows"][i]], [c_zsl["simam_rows"][i]]),
+            "simam_after": simam([c_icl["simam_rows"][i]], [c_ft["simam_rows"][i]]),
+        }
+        icl_side = c_icl["demo_attn"][i]  # (L, T)
+        ft_side = ft_kv_scores(demo_q, c_ft["q_last"][i])  # (L, T)
+        m["kendall"] = kendall(icl_side, ft_side)
+        m["kendall_random"] = kendall_random(icl_side, gen)
+        for layer in range(n_layers):
+            rows.append({
+                "seed": seed, "query": i, "layer": layer, "k": len(demos), "n_demo_tokens": len(demo_positions),
+                "lr": float(best), "gold": int(gold[i]),
+                **{f"pred_{s}": int(preds[s][i]) for s in SETTINGS},
+                **{f"correct_{s}": bool(preds[s][i] == gold[i]) for s in SETTINGS},
+                **{key: float(m[key][layer]) for key in LAYER_METRICS},
+                "ft_loss_first": ft.losses[0], "ft_loss_last": ft.losses[-1], "lr_search": lr_search,
+            })
+    return pd.DataFrame(rows)
+
+
+# -------------------------------------------------------------------------------------------- summary
+def _interval(per_seed: np.ndarray) -> dict:
+    return {**t_interval(per_seed), "per_seed": [float(x) for x in per_seed]}
+
+
+def summarise(records: pd.DataFrame, spec: DualSpec, model_info: dict) -> dict:
+    seeds = sorted(records["seed"].unique())
+    n_layers = int(records["layer"].max()) + 1
+    summary: dict = {
+        "study": "dual", "model": model_info.get("model"), "builtin_stand_in": bool(model_info.get("builtin_stand_in")),
+        "task": spec.task, "n_seeds": len(seeds), "seeds": [int(s) for s in seeds], "n_layers": n_layers,
+        "n_queries": int(records["query"].nunique()), "k": spec.k, "demo_sampling": spec.demo_sampling,
+    }
+    per_layer = {}
+    for metric in LAYER_METRICS:
+        # mean over queries within each (seed, layer), then over layers within each seed
+        mat = records.groupby(["seed", "layer"])[metric].mean().unstack("layer").loc[seeds].to_numpy(float)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            per_seed = np.nanmean(mat, axis=1)
+        summary[metric] = _interval(per_seed)
+        per_layer[metric] = per_layer_interval(mat)
+    trials = records[records["layer"] == 0]
+    by_seed = {s: trials[trials["seed"] == s].sort_values("query") for s in seeds}
+    r2f = []
+    for s in seeds:
+        t = by_seed[s]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            r2f.append(rec2ftp(t["correct_zsl"].to_numpy(), t["correct_icl"].to_numpy(), t["correct_ft"].to_numpy()))
+        if caught:
+            warnings.warn(f"seed {s}: {caught[0].message}", RuntimeWarning, stacklevel=2)
+    summary["rec2ftp"] = _interval(np.array(r2f, float))
+    for setting in SETTINGS:
+        summary[f"acc_{setting}"] = _interval(np.array([by_seed[s][f"correct_{setting}"].mean() for s in seeds]))
+    summary["per_layer"] = per_layer
+    summary["k_per_seed"] = {str(s): int(by_seed[s]["k"].iloc[0]) for s in seeds}
+    summary["lr_choice"] = {str(s): json.loads(by_seed[s]["lr_search"].iloc[0]) for s in seeds}
+    df = check_dual_form()
+    summary["dual_form"] = {
+        **df, "tolerance": 1e-6, "passed": bool(df["max_abs_error"] < 1e-6),
+        "negative_control_max_abs_error": check_dual_form(perturbation=1e-3)["max_abs_error"],
+    }
+    summary["published"] = PUBLISHED
+    return summary

@@ -1,0 +1,490 @@
+"""Implicit-pattern study (Yin et al. 2024): where ICL beats fine-tuning, and how circuits shift.
+
+Per family and seed, three kinds of unit (each writes its own shard, so a rerun resumes):
+  icl        ZSL and ICL with k demonstrations -> accuracy on clean and misleading test items
+  ft_<m>     fine-tune a copy of the model (m = full | lora) on N clean training items, for every N;
+             loss and accuracy every few steps; final accuracy on the clean and misleading test items
+  circuits   clean <-> misleading minimal pairs; exhaustive and attribution patching of every attention
+             head and MLP for the base model (ZSL), the base model with k demonstrations (ICL) and the
+             fine-tuned model (FT); circuit shift of ICL and FT from the base model
+Accuracy is exact match of the normalised answer: label scoring (first-token argmax over the label words)
+for closed answer sets, greedy decoding up to the separator for numbers. Every family uses its held-out
+rule (`DEFAULT_RULE`), so zero-shot is a real baseline.
+
+Cost choices (the default aims at ~30 min on 2 CPU cores for the 4-layer built-in model): 20 test items
+per variant; fine-tuning with a fixed budget of 20 steps of 8 examples whatever N is (so N = 16 sees each
+item 10 times and N = 1024 sees 160 of its items once: N measures the diversity of the data under a fixed
+compute budget); loss and accuracy every 5 steps, on the first 10 test items per variant; 6 patching pairs
+per family and seed, ICL circuits with 4 demonstrations, FT circuits on full fine-tuning with the largest N.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field
+
+from iclft import UserError
+from iclft.capture.core import pad_left
+from iclft.circuits.pairs import build_pairs, pair_ids
+from iclft.circuits.patching import activation_patching, attribution_patching, circuit_shift, make_pairs, top_k
+from iclft.metrics.stats import correlation, paired_test, t_interval
+from iclft.models.load import load
+from iclft.prompts import PromptBuilder
+from iclft.studies.common import RunSpec, manifest, run_dir, write_manifest
+from iclft.sweep import Unit, atomic_write_json, atomic_write_parquet, run_units
+from iclft.tasks.implicit import DEFAULT_RULE, FAMILIES, RULES, generate, implicit_task, normalise_answer
+from iclft.tuning.finetune import FinetuneSpec, finetune
+
+log = logging.getLogger(__name__)
+VARIANTS = ("clean", "misleading")
+CIRCUIT_SETTINGS = ("base", "icl", "ft")
+
+
+class ImplicitSpec(RunSpec):
+    seeds: int = Field(5, ge=1, description="number of seeds (task draws, demonstrations, FT data order)")
+    families: list[str] = Field(list(FAMILIES), description="implicit-pattern families")
+    rules: dict[str, str] = Field({}, description="family -> rule; default: the held-out rule (DEFAULT_RULE)")
+    n_eval: int = Field(20, ge=1, description="test items per variant (clean / misleading) per seed")
+    k_values: list[int] = Field([0, 1, 2, 4, 8, 16], description="ICL numbers of demonstrations")
+    ft_sizes: list[int] = Field([16, 64, 256, 1024], description="FT numbers of training samples N")
+    ft_methods: list[str] = Field(["full", "lora"], description="fine-tuning methods")
+    full: FinetuneSpec = Field(default_factory=lambda: FinetuneSpec(method="full", lr=3e-4, steps=20, eval_every=5),
+                               description="full fine-tuning")
+    lora: FinetuneSpec = Field(default_factory=lambda: FinetuneSpec(method="lora", lr=3e-3, steps=20, eval_every=5),
+                               description="LoRA fine-tuning")
+    curve_eval: int = Field(10, ge=1, description="test items per variant scored during fine-tuning")
+    instruction: bool = Field(True, description="prepend the task instruction to every prompt")
+    max_new_tokens: int = Field(6, ge=1, description="greedy decoding budget for numeric answers")
+    circuit_pairs: int = Field(6, ge=0, description="clean/misleading pairs per family and seed (0: no circuits)")
+    circuit_k: int = Field(4, ge=1, description="demonstrations in the ICL circuit setting")
+    circuit_ft: str = Field("full", description="fine-tuning method of the FT circuit setting")
+    circuit_n: int | None = Field(None, description="N of the FT circuit setting (default: the largest N)")
+    circuit_method: str = Field("exhaustive", description="effects used for circuits: exhaustive | attribution")
+    top_k: int = Field(8, ge=1, description="circuit size K (top-K components by |effect|)")
+
+
+QUICK = dict(
+    seeds=2, families=["parity", "expression"], n_eval=8, k_values=[0, 2], ft_sizes=[16],
+    full=FinetuneSpec(method="full", lr=3e-4, steps=4, batch_size=8, warmup_steps=1, eval_every=2),
+    lora=FinetuneSpec(method="lora", lr=3e-3, steps=4, batch_size=8, warmup_steps=1, eval_every=2),
+    curve_eval=4, circuit_pairs=3, circuit_k=2, top_k=4,
+)
+
+
+def _rule(spec: ImplicitSpec, family: str) -> str:
+    return spec.rules.get(family, DEFAULT_RULE[family])
+
+
+def _ft_spec(spec: ImplicitSpec, method: str) -> FinetuneSpec:
+    return spec.full if method == "full" else spec.lora
+
+
+def check_spec(spec: ImplicitSpec) -> None:
+    bad = [f for f in spec.families if f not in FAMILIES]
+    if bad or not spec.families:
+        raise UserError(f"unknown implicit families {bad}; choose from {', '.join(FAMILIES)}")
+    for fam, rule in spec.rules.items():
+        if fam not in FAMILIES or rule not in RULES[fam]:
+            raise UserError(f"unknown rule {rule!r} for family {fam!r}")
+    if not spec.k_values or any(k < 0 for k in spec.k_values):
+        raise UserError("k_values must be non-negative numbers of demonstrations")
+    if not spec.ft_sizes or any(n < 1 for n in spec.ft_sizes):
+        raise UserError("ft_sizes must be positive numbers of training samples")
+    bad = [m for m in spec.ft_methods if m not in ("full", "lora")]
+    if bad:
+        raise UserError(f"unknown fine-tuning methods {bad}; choose from full, lora")
+    if spec.circuit_pairs and spec.circuit_ft not in ("full", "lora"):
+        raise UserError(f"circuit_ft must be full or lora, not {spec.circuit_ft!r}")
+    if spec.circuit_method not in ("exhaustive", "attribution"):
+        raise UserError(f"circuit_method must be exhaustive or attribution, not {spec.circuit_method!r}")
+    if spec.curve_eval > spec.n_eval:
+        raise UserError("curve_eval must not exceed n_eval")
+
+
+def run(spec: ImplicitSpec, out: Path) -> Path:
+    started = time.time()
+    check_spec(spec)  # every input check happens before OUT is touched
+    loaded = load(spec.model, dtype=spec.dtype, device=spec.device,
+                  attn_implementation=spec.attn_implementation, pad_token=spec.pad_token)
+    n_train = max(max(spec.ft_sizes), max(spec.k_values) + 1, spec.circuit_k + 1)
+    ctx = {}
+    for fam in spec.families:
+        task = implicit_task(fam, seed=spec.seed_offset, n_train=n_train, n_test=spec.n_eval, rule=_rule(spec, fam))
+        builder = PromptBuilder(loaded.tokenizer, task, max_len=loaded.max_len)
+        longest = sorted(task.train, key=lambda e: len(e.input))[-max(spec.k_values):] if max(spec.k_values) else []
+        builder.build(max(task.test, key=lambda e: len(e.input)), longest, instruction=spec.instruction)
+        ctx[fam] = builder
+
+    units = []
+    for fam in spec.families:
+        for s in spec.seed_list():
+            units.append(Unit(f"{fam}__s{s}__icl", {"family": fam, "seed": s, "part": "icl"}))
+            units += [Unit(f"{fam}__s{s}__ft_{m}", {"family": fam, "seed": s, "part": f"ft_{m}"})
+                      for m in spec.ft_methods]
+            if spec.circuit_pairs:
+                units.append(Unit(f"{fam}__s{s}__circuits", {"family": fam, "seed": s, "part": "circuits"}))
+
+    def unit_fn(unit: Unit) -> pd.DataFrame:
+        p = unit.params
+        return run_unit(spec, loaded, p["family"], p["seed"], p["part"], n_train)
+
+    with run_dir(out, spec) as out:
+        records = run_units(units, unit_fn, out / "shards", desc="implicit")
+        atomic_write_parquet(records, out / "records.parquet")
+        summary = summarise(records, spec, loaded.info)
+        atomic_write_json(out / "summary.json", summary)
+        from iclft.report.implicit import write_report
+
+        write_report(out, records, summary, spec, loaded.info)
+        write_manifest(out, manifest(spec, loaded, started, {"study": "implicit", "units": len(units)}))
+    return out
+
+
+# ------------------------------------------------------------------------------------ scoring
+
+
+def _keep(model) -> dict:
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
+@torch.no_grad()
+def last_logits(model, prompts: list[list[int]], pad_id: int, batch_size: int = 16) -> torch.Tensor:
+    """(n, vocab) next-token logits after each prompt (length-sorted, left-padded batches)."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out = [None] * len(prompts)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        ids, mask, pos = pad_left([prompts[i] for i in idx], pad_id, device)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
+                       **_keep(model)).logits[:, -1].float().cpu()
+        for r, i in enumerate(idx):
+            out[i] = logits[r]
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def greedy_decode(model, prompts: list[list[int]], pad_id: int, max_new_tokens: int, stop_ids: set[int],
+                  batch_size: int = 16) -> list[list[int]]:
+    """Greedy continuations (without the stop token) of each prompt; batched with left padding, a KV cache
+    and position ids that continue each prompt's own positions."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    result: list[list[int]] = [[] for _ in prompts]
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        ids, mask, pos = pad_left([prompts[i] for i in idx], pad_id, device)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **_keep(model))
+        past = out.past_key_values
+        nxt = out.logits[:, -1].argmax(-1)
+        done = [False] * len(idx)
+        for step in range(max_new_tokens):
+            for r, tokid in enumerate(nxt.tolist()):
+                if not done[r]:
+                    if tokid in stop_ids:
+                        done[r] = True
+                    else:
+                        result[idx[r]].append(tokid)
+            if all(done) or step == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            pos = pos[:, -1:] + 1
+            out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=past,
+                        use_cache=True)
+            past = out.past_key_values
+            nxt = out.logits[:, -1].argmax(-1)
+    return result
+
+
+class Scorer:
+    """Correctness of prompts for one task: label scoring for closed answer sets, greedy decoding else."""
+
+    def __init__(self, builder: PromptBuilder, pad_id: int, batch_size: int, max_new_tokens: int):
+        self.builder, self.pad_id, self.batch_size = builder, pad_id, batch_size
+        tok = builder.tok
+        self.task = builder.task
+        sep = list(builder._enc(self.task.separator))[:1] + list(builder._enc("\n"))[:1]
+        self.stop = set(sep) | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
+        longest = max((len(builder._enc(self.task.answer_prefix + e.label)) for e in self.task.train), default=1)
+        self.max_new = max(max_new_tokens, longest + 1)
+
+    def __call__(self, model, prompts: list[list[int]], golds: list[str]) -> list[bool]:
+        if self.builder.label_token_ids is not None:
+            logits = last_logits(model, prompts, self.pad_id, self.batch_size)
+            pred = logits[:, self.builder.label_token_ids].argmax(-1).tolist()
+            return [self.task.label_words[p] == g for p, g in zip(pred, golds, strict=True)]
+        gens = greedy_decode(model, prompts, self.pad_id, self.max_new, self.stop, self.batch_size)
+        texts = [self.builder.tok.decode(g, skip_special_tokens=True) for g in gens]
+        return [normalise_answer(t) == normalise_answer(g) for t, g in zip(texts, golds, strict=True)]
+
+
+# ------------------------------------------------------------------------------------ units
+
+
+def _tasks(spec: ImplicitSpec, family: str, seed: int, n_train: int):
+    rule = _rule(spec, family)
+    clean = implicit_task(family, seed=seed, n_train=n_train, n_test=spec.n_eval, test_variant="clean", rule=rule)
+    mis = implicit_task(family, seed=seed, n_train=0, n_test=spec.n_eval, test_variant="misleading", rule=rule)
+    return clean, {"clean": clean.test, "misleading": mis.test}
+
+
+def run_unit(spec: ImplicitSpec, loaded, family: str, seed: int, part: str, n_train: int) -> pd.DataFrame:
+    task, tests = _tasks(spec, family, seed, n_train)
+    builder = PromptBuilder(loaded.tokenizer, task, max_len=loaded.max_len)
+    pad = loaded.tokenizer.pad_token_id
+    scorer = Scorer(builder, pad, spec.batch_size, spec.max_new_tokens)
+    base = {"family": family, "seed": seed}
+    if part == "icl":
+        return _icl_unit(spec, loaded, task, tests, builder, scorer, base)
+    if part.startswith("ft_"):
+        return _ft_unit(spec, loaded, part[3:], task, tests, builder, scorer, base)
+    return _circuit_unit(spec, loaded, task, builder, base)
+
+
+def _acc_rows(base, setting, method, k, n, variant, correct):
+    return [{**base, "kind": "acc", "setting": setting, "method": method, "k": k, "n_train": n,
+             "variant": variant, "item": i, "correct": bool(c)} for i, c in enumerate(correct)]
+
+
+def _icl_unit(spec, loaded, task, tests, builder, scorer, base) -> pd.DataFrame:
+    kmax = max(spec.k_values)
+    rows = []
+    for variant, items in tests.items():
+        rng = random.Random(f"iclft/implicit/icl/{base['family']}/{base['seed']}/{variant}")
+        demos = [rng.sample(task.train, kmax) for _ in items]  # nested: k demos are the first k of kmax
+        ks = sorted(set(spec.k_values) | {0})
+        prompts = [builder.build(q, d[:k], instruction=spec.instruction).ids for k in ks for q, d in
+                   zip(items, demos, strict=True)]
+        correct = scorer(loaded.model, prompts, [q.label for _ in ks for q in items])
+        n = len(items)
+        for j, k in enumerate(ks):
+            c = correct[j * n:(j + 1) * n]
+            if k == 0:
+                rows += _acc_rows(base, "zsl", "zsl", 0, np.nan, variant, c)
+            if k in spec.k_values:
+                rows += _acc_rows(base, f"icl_k{k}", "icl", k, np.nan, variant, c)
+    return pd.DataFrame(rows)
+
+
+def _training_examples(builder, items, instruction: bool):
+    stop = list(builder._enc(builder.task.separator))[:1]  # learn to end the answer, as demonstrations do
+    out = []
+    for ex in items:
+        ids, mask = builder.training_ids(ex, instruction=instruction)
+        out.append((ids + stop, mask + [1] * len(stop)))
+    return out
+
+
+def _train_order(task, seed: int) -> list:
+    return random.Random(f"iclft/implicit/ft/{task.name}/{seed}").sample(task.train, len(task.train))
+
+
+def _ft_unit(spec, loaded, method, task, tests, builder, scorer, base) -> pd.DataFrame:
+    ft = _ft_spec(spec, method)
+    pool = _train_order(task, base["seed"])
+    zsl = {v: [builder.build(q, [], instruction=spec.instruction).ids for q in items] for v, items in tests.items()}
+    golds = {v: [q.label for q in items] for v, items in tests.items()}
+    m = spec.curve_eval
+
+    def evaluate(model) -> dict:
+        return {f"acc_{v}": float(np.mean(scorer(model, zsl[v][:m], golds[v][:m]))) for v in VARIANTS}
+
+    rows = []
+    for n in spec.ft_sizes:
+        examples = _training_examples(builder, pool[:n], spec.instruction)
+        res = finetune(loaded.model, loaded.family, examples, ft, seed=base["seed"],
+                       pad_id=loaded.tokenizer.pad_token_id, evaluate=evaluate)
+        for h in res.history:
+            rows.append({**base, "kind": "curve", "method": method, "n_train": n, "step": h["step"],
+                         "loss": h["loss"], "lr": h["lr"], "acc_clean": h["acc_clean"],
+                         "acc_misleading": h["acc_misleading"]})
+        for v in VARIANTS:
+            rows += _acc_rows(base, f"ft_{method}_N{n}", method, np.nan, n, v, scorer(res.model, zsl[v], golds[v]))
+        del res
+    return pd.DataFrame(rows)
+
+
+def _circuit_unit(spec, loaded, task, builder, base) -> pd.DataFrame:
+    family, seed = base["family"], base["seed"]
+    rule = _rule(spec, family)
+    train_inputs = {e.input for e in task.train}
+    cands = [e for e in generate(family, 8 * spec.circuit_pairs, 100_003 + seed, "misleading", rule)
+             if e.input not in train_inputs]
+    pairs = build_pairs(builder, family, rule, cands, spec.circuit_pairs, instruction=spec.instruction)
+    pairs = [p for p in pairs if p["clean"].input not in train_inputs]
+    if len(pairs) < 2:
+        log.warning("%s seed %d: only %d clean/misleading pairs; no circuits", family, seed, len(pairs))
+        return pd.DataFrame([{**base, "kind": "effect", "setting": "none", "n_pairs": len(pairs)}])
+    rng = random.Random(f"iclft/implicit/circuits/{family}/{seed}")
+    demos = [rng.sample(task.train, spec.circuit_k) for _ in pairs]
+    pad = loaded.tokenizer.pad_token_id
+    ft_method = spec.circuit_ft
+    n_ft = spec.circuit_n or max(spec.ft_sizes)
+    examples = _training_examples(builder, _train_order(task, seed)[:n_ft], spec.instruction)
+    ft_model = finetune(loaded.model, loaded.family, examples, _ft_spec(spec, ft_method), seed=seed, pad_id=pad).model
+    settings = {
+        "base": (loaded.model, [pair_ids(builder, p, [], spec.instruction) for p in pairs]),
+        "icl": (loaded.model, [pair_ids(builder, p, d, spec.instruction) for p, d in zip(pairs, demos, strict=True)]),
+        "ft": (ft_model, [pair_ids(builder, p, [], spec.instruction) for p in pairs]),
+    }
+    rows = []
+    for name, (model, ids) in settings.items():
+        batch = make_pairs(ids, pad)
+        exh = activation_patching(model, loaded.family, batch, batch_size=spec.batch_size)
+        att = attribution_patching(model, loaded.family, batch, batch_size=spec.batch_size)
+        e_x, e_a = exh.effects(), att.effects()
+        gap = float(np.mean(np.abs(exh.ld_clean - exh.ld_corrupt)))
+        for i, c in enumerate(exh.components):
+            rows.append({**base, "kind": "effect", "setting": name, "component": c.name, "layer": c.layer,
+                         "head": c.head, "effect": float(e_x[i]), "effect_attr": float(e_a[i]),
+                         "n_pairs": len(pairs), "ld_gap": gap, "seconds_exh": exh.seconds,
+                         "seconds_attr": att.seconds})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------ summary
+
+
+def _ti_seed(values: pd.Series) -> dict:
+    return t_interval(values.to_numpy(float))
+
+
+def _acc_table(acc: pd.DataFrame) -> pd.DataFrame:
+    """(family, setting, variant, seed) -> mean accuracy, plus family 'all' (mean over families per seed)."""
+    per = acc.groupby(["family", "setting", "variant", "seed"])["correct"].mean().rename("acc").reset_index()
+    allf = per.groupby(["setting", "variant", "seed"])["acc"].mean().reset_index().assign(family="all")
+    return pd.concat([per, allf], ignore_index=True)
+
+
+def _settings_order(spec: ImplicitSpec) -> list[str]:
+    return (["zsl"] + [f"icl_k{k}" for k in spec.k_values]
+            + [f"ft_{m}_N{n}" for m in spec.ft_methods for n in spec.ft_sizes])
+
+
+def summarise(records: pd.DataFrame, spec: ImplicitSpec, model_info: dict) -> dict:
+    fams = list(spec.families) + ["all"]
+    acc = _acc_table(records[records["kind"] == "acc"])
+    settings = [s for s in _settings_order(spec) if s in set(acc["setting"])]
+    summary: dict = {"study": "implicit", "model": model_info.get("model"),
+                     "builtin_stand_in": bool(model_info.get("builtin_stand_in")),
+                     "n_seeds": int(records["seed"].nunique()), "families": list(spec.families),
+                     "rules": {f: _rule(spec, f) for f in spec.families}, "settings": settings,
+                     "n_eval": spec.n_eval}
+
+    def cell(fam, setting, variant):
+        sub = acc[(acc["family"] == fam) & (acc["setting"] == setting) & (acc["variant"] == variant)]
+        return _ti_seed(sub.sort_values("seed")["acc"])
+
+    summary["accuracy"] = {f: {s: {v: cell(f, s, v) for v in VARIANTS} for s in settings} for f in fams}
+    summary["icl_curve"] = {f: {"k": list(spec.k_values),
+                                **{v: [cell(f, f"icl_k{k}", v) for k in spec.k_values] for v in VARIANTS}}
+                            for f in fams}
+    summary["ft_curve"] = {f: {m: {"n": list(spec.ft_sizes),
+                                   **{v: [cell(f, f"ft_{m}_N{n}", v) for n in spec.ft_sizes] for v in VARIANTS}}
+                               for m in spec.ft_methods} for f in fams}
+    summary["ft_steps"] = _ft_steps(records[records["kind"] == "curve"], spec)
+    summary["icl_vs_ft"] = _icl_vs_ft(acc, spec)
+    effects = records[(records["kind"] == "effect") & records["setting"].isin(CIRCUIT_SETTINGS)] \
+        if "setting" in records else records.iloc[:0]
+    summary["circuit_shift"], summary["patching_agreement"], summary["circuits"] = _circuits(effects, spec)
+    return summary
+
+
+def _ft_steps(curve: pd.DataFrame, spec: ImplicitSpec) -> dict:
+    out: dict = {}
+    for m in spec.ft_methods:
+        out[m] = {}
+        for n in spec.ft_sizes:
+            sub = curve[(curve["method"] == m) & (curve["n_train"] == n)]
+            per_seed = sub.groupby(["step", "seed"])[["loss", "acc_clean", "acc_misleading"]].mean().reset_index()
+            steps = sorted(per_seed["step"].unique().tolist())
+            entry = {"step": [int(s) for s in steps]}
+            for col, key in (("loss", "loss"), ("acc_clean", "clean"), ("acc_misleading", "misleading")):
+                entry[key] = [_ti_seed(per_seed[per_seed["step"] == s].sort_values("seed")[col]) for s in steps]
+            out[m][str(n)] = entry
+    return out
+
+
+def _icl_vs_ft(acc: pd.DataFrame, spec: ImplicitSpec) -> dict:
+    """Pre-declared comparison: ICL at the largest k vs each FT method at the largest N, paired by seed,
+    on the mean over families."""
+    allf = acc[acc["family"] == "all"]
+    icl = f"icl_k{max(spec.k_values)}"
+    out: dict = {}
+    for m in spec.ft_methods:
+        ft = f"ft_{m}_N{max(spec.ft_sizes)}"
+        entry = {"icl": icl, "ft": ft}
+        for v in VARIANTS:
+            a = allf[(allf["setting"] == icl) & (allf["variant"] == v)].set_index("seed")["acc"]
+            b = allf[(allf["setting"] == ft) & (allf["variant"] == v)].set_index("seed")["acc"]
+            seeds = sorted(set(a.index) & set(b.index))
+            d = (a[seeds] - b[seeds]).to_numpy(float)
+            ti = t_interval(d)
+            entry[v] = {"diff": ti, "paired": paired_test(a[seeds].to_numpy(float), b[seeds].to_numpy(float)),
+                        "icl_beats_ft": bool(ti["ci_low"] > 0) if ti["ci_low"] == ti["ci_low"] else False,
+                        "ft_beats_icl": bool(ti["ci_high"] < 0) if ti["ci_high"] == ti["ci_high"] else False}
+        out[m] = entry
+    return out
+
+
+def _spearman_top(a: np.ndarray, b: np.ndarray, k: int) -> float:
+    idx = sorted(top_k(a, k))
+    return correlation(a[idx], b[idx])["spearman_rho"]
+
+
+def _circuits(effects: pd.DataFrame, spec: ImplicitSpec):
+    col = "effect" if spec.circuit_method == "exhaustive" else "effect_attr"
+    shift: dict = {}
+    agree_rows = []
+    per_unit: dict = {}
+    for (fam, seed), sub in effects.groupby(["family", "seed"]):
+        vec = {s: g.sort_values(["layer", "head"]) for s, g in sub.groupby("setting")}
+        if not all(s in vec for s in CIRCUIT_SETTINGS):
+            continue
+        for s in CIRCUIT_SETTINGS:
+            ex, at = vec[s]["effect"].to_numpy(float), vec[s]["effect_attr"].to_numpy(float)
+            secs = float(vec[s]["seconds_exh"].iloc[0]) / max(float(vec[s]["seconds_attr"].iloc[0]), 1e-9)
+            agree_rows.append({"family": fam, "seed": seed, "setting": s,
+                               "spearman": correlation(ex, at)["spearman_rho"],
+                               "spearman_top": _spearman_top(ex, at, max(spec.top_k, 3)), "speedup": secs})
+        e0 = vec["base"][col].to_numpy(float)
+        for s in ("icl", "ft"):
+            sh = circuit_shift(e0, vec[s][col].to_numpy(float), spec.top_k)
+            per_unit.setdefault((fam, s), []).append({"seed": seed, **sh})
+    for fam in spec.families:
+        shift[fam] = {s: {m: t_interval([r[m] for r in per_unit.get((fam, s), [])]) for m in ("cosine", "jaccard")}
+                      for s in ("icl", "ft")}
+    # "all": per seed, the mean shift over families
+    shift["all"] = {}
+    for s in ("icl", "ft"):
+        rows = pd.DataFrame([{"family": f, **r} for f in spec.families for r in per_unit.get((f, s), [])])
+        shift["all"][s] = {m: (t_interval(rows.groupby("seed")[m].mean().to_numpy(float)) if len(rows)
+                               else t_interval([])) for m in ("cosine", "jaccard")}
+    ag = pd.DataFrame(agree_rows)
+
+    def agg(df):
+        return {k: t_interval(df[k].to_numpy(float) if len(df) else []) for k in ("spearman", "spearman_top",
+                                                                               "speedup")}
+
+    agreement = {"setting": "base", **agg(ag[ag["setting"] == "base"] if len(ag) else ag),
+                 "by_setting": {s: agg(ag[ag["setting"] == s] if len(ag) else ag) for s in CIRCUIT_SETTINGS},
+                 "per_family": {f: agg(ag[(ag["family"] == f) & (ag["setting"] == "base")] if len(ag) else ag)
+                                for f in spec.families}}
+    # Mean effect per (family, setting, component) over seeds, for the heatmaps.
+    heat: dict = {}
+    if len(effects):
+        mean = effects.groupby(["family", "setting", "layer", "head"])[col].mean().reset_index()
+        for (fam, s), g in mean.groupby(["family", "setting"]):
+            heat.setdefault(fam, {})[s] = [{"layer": int(r["layer"]), "head": int(r["head"]), "effect": float(r[col])}
+                                           for _, r in g.iterrows()]
+    circuits = {"method": spec.circuit_method, "top_k": spec.top_k, "mean_effects": heat,
+                "n_pairs": float(effects["n_pairs"].mean()) if len(effects) else 0.0}
+    return shift, agreement, circuits

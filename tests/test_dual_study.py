@@ -1,0 +1,150 @@
+import json
+import math
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from iclft import UserError
+from iclft.studies.dual_view import (
+    LAYER_METRICS,
+    QUICK,
+    SCALAR_METRICS,
+    DualSpec,
+    demo_pool,
+    draw_demos,
+    draw_validation,
+    fit_demos,
+    run,
+)
+from iclft.tasks.base import Example, Task
+
+KEYS = LAYER_METRICS + SCALAR_METRICS
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dual") / "run"
+    run(DualSpec(**QUICK), out)
+    return out
+
+
+def test_quick_run_writes_the_run_directory(quick_run):
+    out = quick_run
+    for name in ("spec.yaml", "records.parquet", "summary.json", "manifest.json", "report.html",
+                 "figures/per_layer.png", "figures/accuracy.png"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    n_layers, n_seeds = summary["n_layers"], QUICK["seeds"]
+    for key in KEYS:
+        entry = summary[key]
+        assert {"mean", "ci_low", "ci_high", "per_seed"} <= set(entry), key
+        assert len(entry["per_seed"]) == n_seeds
+        for v in entry["per_seed"]:
+            if key == "rec2ftp" and math.isnan(v):  # undefined when FT fixes nothing: allowed, with a warning
+                continue
+            lo, hi = (0.0, 1.0) if key.startswith("acc_") or key == "rec2ftp" else (-1.0, 1.0)
+            assert lo <= v <= hi, (key, v)
+    for key in LAYER_METRICS:
+        assert len(summary["per_layer"][key]["mean"]) == n_layers
+    # random baselines are centred: far from the extremes even on a few queries
+    assert abs(summary["simaou_random"]["mean"]) < 0.2
+    assert summary["dual_form"]["max_abs_error"] < 1e-6 and summary["dual_form"]["passed"]
+    assert summary["dual_form"]["negative_control_max_abs_error"] > 1e-6
+    assert summary["published"]["rec2ftp"] == [85.6, 89.4]
+
+    records = pd.read_parquet(out / "records.parquet")
+    assert len(records) == n_seeds * QUICK["queries"] * n_layers
+    assert set(records["k"]) == {QUICK["k"]}
+    assert records.groupby("seed")["lr"].nunique().eq(1).all()
+    assert set(records["lr"]) <= set(QUICK["lr_grid"])
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["study"] == "dual" and manifest["lr_grid"] == QUICK["lr_grid"]
+    for s in map(str, range(n_seeds)):
+        choice = manifest["lr_choice"][s]
+        assert choice["chosen"] in QUICK["lr_grid"] and set(choice["val_acc"]) == {repr(x) for x in QUICK["lr_grid"]}
+    html = (out / "report.html").read_text()
+    assert "Dai et al., GPT 1.3B" in html and "models differ" in html and "Dual-form check" in html
+    assert "data:image/png;base64" in html
+    if summary["builtin_stand_in"]:
+        assert "Stand-in model" in html
+
+    # summary numbers follow from the records
+    acc = records[records["layer"] == 0].groupby("seed")["correct_icl"].mean().to_numpy()
+    np.testing.assert_allclose(summary["acc_icl"]["per_seed"], acc)
+    per_seed = records.groupby(["seed", "layer"])["simaou"].mean().groupby("seed").mean().to_numpy()
+    np.testing.assert_allclose(summary["simaou"]["per_seed"], per_seed)
+
+
+def test_same_seed_same_numbers_and_resume(quick_run, tmp_path):
+    first = json.loads((quick_run / "summary.json").read_text())
+    again = json.loads((run(DualSpec(**QUICK), tmp_path / "again") / "summary.json").read_text())
+    assert json.dumps(first, sort_keys=True) == json.dumps(again, sort_keys=True)
+    # rerunning into the finished directory resumes from the shards and gives the same summary
+    before = {p.name: p.stat().st_mtime_ns for p in (quick_run / "shards").iterdir()}
+    run(DualSpec(**QUICK), quick_run)
+    assert {p.name: p.stat().st_mtime_ns for p in (quick_run / "shards").iterdir()} == before
+    resumed = json.loads((quick_run / "summary.json").read_text())
+    assert json.dumps(resumed, sort_keys=True) == json.dumps(first, sort_keys=True)
+
+
+def test_bad_inputs_leave_nothing_behind(tmp_path):
+    for bad in (dict(lr_grid=[]), dict(lr_grid=[-1.0]), dict(queries=10**6), dict(val_size=10**7)):
+        with pytest.raises(UserError):
+            run(DualSpec(**{**QUICK, **bad}), tmp_path / "bad")
+        assert not (tmp_path / "bad").exists()
+
+
+def _task(n_pos=30, n_neg=60):
+    train = [Example(f"good {i}", "positive") for i in range(n_pos)] + [Example(f"bad {i}", "negative")
+                                                                         for i in range(n_neg)]
+    test = [Example("good 0", "positive"), Example("bad x", "negative")]
+    return Task(name="t", train=train, test=test, instruction="", label_words=["negative", "positive"])
+
+
+def test_balanced_demos_and_disjoint_validation():
+    task = _task()
+    pool = demo_pool(task, task.test)
+    assert all(e.input != "good 0" for e in pool)  # a measured query is never a demonstration
+    rng = random.Random(0)
+    demos = draw_demos(pool, 9, task.label_words, "balanced", rng)
+    counts = sorted(sum(d.label == w for d in demos) for w in task.label_words)
+    assert counts == [4, 5] and len({d.input for d in demos}) == 9
+    val = draw_validation(pool, demos, 10, task.label_words, "balanced", rng)
+    assert not {v.input for v in val} & {d.input for d in demos}
+    assert sum(v.label == "positive" for v in val) == 5
+    again = draw_demos(pool, 9, task.label_words, "balanced", random.Random(0))
+    assert [d.input for d in again] == [d.input for d in demos]  # seeded order
+
+
+def test_fit_demos_drops_only_what_the_context_cannot_hold(tok):
+    from iclft.prompts import PromptBuilder
+
+    task = _task()
+    b = PromptBuilder(tok, task)
+    demos = draw_demos(task.train, 8, task.label_words, "balanced", random.Random(1))
+    full = len(b.build(task.test[1], demos))
+    assert fit_demos(b, demos, task.test[1], full, True) == demos
+    fitted = fit_demos(b, demos, task.test[1], full - 1, True)
+    assert fitted == demos[: len(fitted)] and len(fitted) == 7
+    with pytest.raises(UserError):
+        fit_demos(b, demos, task.test[1], 3, True)
+
+
+def test_dai_templates_offline_checks():
+    from iclft.models.toy import word_tokenizer
+    from iclft.prompts import PromptBuilder
+    from iclft.tasks.dai import DAI_DATASETS, dai_task
+
+    assert set(DAI_DATASETS) == {"sst2", "sst5", "mr", "subj", "agnews", "cb"}
+    for name, d in DAI_DATASETS.items():
+        assert "{input}" in d.template, name
+        assert len(set(d.label_words)) == len(d.label_words)
+        fake = Task(name=name, train=[Example("a", d.label_words[0])], test=[Example("b", d.label_words[0])],
+                    instruction=d.instruction, template=d.template, label_words=list(d.label_words))
+        word_tok = word_tokenizer([d.template], extra=d.label_words)
+        assert len(set(PromptBuilder(word_tok, fake).label_token_ids)) == len(d.label_words)
+    with pytest.raises(UserError, match="unknown Dai"):
+        dai_task("dai/nope")
