@@ -15,7 +15,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Does ICL cha
 models_app = typer.Typer(no_args_is_help=True, help="List, inspect and evaluate models.")
 app.add_typer(models_app, name="models")
 
-STUDIES = ("convergence", "dual", "all")
+STUDIES = ("convergence", "dual", "implicit", "all")
 
 
 def user_errors(fn):

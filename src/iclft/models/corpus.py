@@ -23,6 +23,7 @@ only way to predict a label is to read that episode's demonstrations. Episode ki
   training rules only (`TRAIN_RULES`) and seeds >= `IMPLICIT_SEED_BASE` (the studies use small
   seeds), in few-shot form; the rule is drawn per episode, so it must be inferred from the demos.
 * ``text``       plain tweet text (train split), one tweet per line.
+* ``repeat``     a random word sequence repeated 2-4 times (classic induction-head food).
 
 The instruction line is included in half of the classification episodes (`P_INSTRUCTION`).
 Held out from pretraining for the ability evaluation: the tweet test split, `HELDOUT_PAIRS` (pairs of
@@ -75,7 +76,8 @@ MAPPING_TEMPLATES = (
     (SENTIMENT_TEMPLATE, SENTIMENT_INSTRUCTION),
     ("Word: {input}\nLabel:", "Label each word."),
 )
-DEFAULT_MIX = {"sentiment": 0.55, "mapping": 0.2, "implicit": 0.15, "text": 0.1}  # per episode, not per token
+# Per episode, not per token (a sentiment or implicit episode is ~650 tokens, mapping ~200, repeat ~75).
+DEFAULT_MIX = {"sentiment": 0.5, "mapping": 0.25, "implicit": 0.1, "text": 0.05, "repeat": 0.1}
 
 
 def heldout_pair_set() -> set[frozenset[str]]:
@@ -294,6 +296,13 @@ class Corpus:
     @functools.lru_cache(maxsize=64)  # noqa: B019
     def _implicit_task(self, fam: str):
         return self.imp.implicit_task(fam, seed=0, n_train=4, n_test=4)
+
+    def repeat(self, rng: random.Random) -> Piece:
+        """A random word sequence repeated 2-4 times: the plainest induction signal there is."""
+        seg = list(self._enc(" ".join(rng.choice(self.key_words) for _ in range(rng.randint(8, 40)))))
+        nl = self._enc("\n")
+        ids = [self.bos] + (seg + list(nl)) * rng.randint(2, 4) + [self.eos]
+        return Piece(ids, [False] * len(ids))
 
     def text(self, rng: random.Random) -> Piece:
         ids = [self.bos]

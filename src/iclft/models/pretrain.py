@@ -38,7 +38,7 @@ class PretrainConfig:
     minutes: float = 80.0
     steps: int | None = None  # None: derived from `minutes` (see module docstring)
     seq_len: int = 1024
-    batch_size: int = 8
+    batch_size: int = 4
     hidden_size: int = 256
     intermediate_size: int = 1024
     num_layers: int = 4
@@ -46,7 +46,7 @@ class PretrainConfig:
     max_position_embeddings: int = 2048
     max_vocab: int = 5000
     lr: float = 2e-3
-    warmup_steps: int = 60
+    warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     grad_clip: float = 1.0

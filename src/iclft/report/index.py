@@ -46,4 +46,9 @@ def rerender(run_dir: Path) -> Path:
         from iclft.studies.dual_view import DualSpec
 
         return write_report(run_dir, records, summary, DualSpec(**spec_data), info)
+    if study == "implicit":
+        from iclft.report.implicit import write_report
+        from iclft.studies.implicit_patterns import ImplicitSpec
+
+        return write_report(run_dir, records, summary, ImplicitSpec(**spec_data), info)
     raise UserError(f"no report renderer for study {study!r}")

@@ -1,0 +1,167 @@
+"""Full and LoRA fine-tuning on N task examples, never touching the loaded model.
+
+`finetune(model, family, examples, spec, seed, pad_id, evaluate)` trains a deep copy of `model` (full:
+every weight; LoRA: PEFT adapters on the copy, merged into it afterwards, so the result is a plain model of
+the same architecture that every hook and capture path understands) with AdamW and a constant-with-warmup
+schedule, on minibatches drawn epoch by epoch in a seeded order. Loss on the answer tokens (default) or on
+all tokens. Every `eval_every` steps (and at steps 0 and `steps`) `evaluate(model)` is called and its dict
+is recorded together with the mean training loss since the last record.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from iclft.capture.core import pad_left
+from iclft.models.families import Family
+
+
+class FinetuneSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["full", "lora"] = Field("full", description="full fine-tuning or LoRA")
+    steps: int = Field(24, ge=1, description="optimizer steps (fixed budget, whatever N is)")
+    batch_size: int = Field(8, ge=1, description="examples per step (all of them when N is smaller)")
+    lr: float = Field(3e-4, gt=0, description="AdamW peak learning rate")
+    warmup_steps: int = Field(4, ge=0, description="linear warmup, then constant")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    grad_clip: float | None = Field(1.0, description="max gradient norm (None: no clipping)")
+    loss_on: Literal["answer", "all"] = Field("answer", description="loss on the answer tokens or all tokens")
+    eval_every: int = Field(8, ge=1, description="record loss and accuracy every this many steps")
+    lora_r: int = Field(8, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha (scale = alpha / r)")
+    lora_targets: list[str] | None = Field(None, description="LoRA module-name suffixes; default: the family's")
+
+
+@dataclass
+class FinetuneResult:
+    model: torch.nn.Module  # the tuned copy (eval mode, no grad)
+    history: list[dict] = field(default_factory=list)  # {"step", "loss", "lr", **evaluate(model)}
+    losses: list[float] = field(default_factory=list)  # per step, before that step's update
+    lrs: list[float] = field(default_factory=list)  # per step
+
+
+def make_optimizer(params, spec: FinetuneSpec):
+    """AdamW + transformers' constant-with-warmup schedule."""
+    from transformers import get_constant_schedule_with_warmup
+
+    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    return opt, get_constant_schedule_with_warmup(opt, num_warmup_steps=spec.warmup_steps)
+
+
+def _batch(examples, idx, pad_id, loss_on, device):
+    seqs = [examples[i][0] for i in idx]
+    ids, mask, pos = pad_left(seqs, pad_id, device)
+    target = torch.zeros_like(ids, dtype=torch.bool)
+    width = ids.shape[1]
+    for r, i in enumerate(idx):
+        seq, ans = examples[i]
+        m = ans if loss_on == "answer" else [1] * len(seq)
+        target[r, width - len(seq):] = torch.tensor(m, dtype=torch.bool)
+    labels = ids.masked_fill(~target, -100)
+    return ids, mask, pos, labels
+
+
+def _lora_copy(model, family: Family, spec: FinetuneSpec, seed: int):
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(
+        r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=0.0, bias="none",
+        target_modules=list(spec.lora_targets or family.lora_targets),
+        fan_in_fan_out=family.name == "gpt2",
+    )
+    with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5; nothing to act on
+        warnings.simplefilter("ignore", FutureWarning)
+        peft = get_peft_model(model, cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # PEFT's init (Kaiming-uniform A, zero B) from a local generator
+        for name, p in peft.named_parameters():
+            if "lora_A" in name:
+                bound = 1.0 / math.sqrt(p.shape[1])
+                p.copy_(torch.rand(p.shape, generator=g, dtype=torch.float32).mul_(2 * bound).sub_(bound))
+            elif "lora_B" in name:
+                p.zero_()
+    params = [p for n, p in peft.named_parameters() if "lora_" in n]
+    if not params:
+        raise ValueError("LoRA found no target modules to adapt")
+    return peft, params
+
+
+def finetune(
+    model,
+    family: Family,
+    examples: list[tuple[list[int], list[int]]],
+    spec: FinetuneSpec,
+    seed: int,
+    pad_id: int,
+    evaluate: Callable[[torch.nn.Module], dict] | None = None,
+) -> FinetuneResult:
+    """Train a copy of `model` on `examples` ((ids, answer_mask) pairs); `model` is left bit-identical."""
+    if not examples:
+        raise ValueError("no training examples")
+    work = copy.deepcopy(model)
+    work.eval()  # no dropout: runs are reproducible; eval mode does not stop gradients
+    work.requires_grad_(False)
+    if spec.method == "full":
+        net, params = work, list(work.parameters())
+        for p in params:
+            p.requires_grad_(True)
+    else:
+        net, params = _lora_copy(work, family, spec, seed)
+        for p in params:
+            p.requires_grad_(True)
+    opt, sched = make_optimizer(params, spec)
+    device = params[0].device
+    g = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    bs = min(spec.batch_size, len(examples))
+    result = FinetuneResult(model=work)
+
+    def record(step: int, since: list[float]):
+        row = {"step": step, "loss": float(sum(since) / len(since)) if since else float("nan"),
+               "lr": float(sched.get_last_lr()[0])}
+        if evaluate is not None:
+            with torch.no_grad():
+                row.update(evaluate(net))
+        result.history.append(row)
+
+    record(0, [])
+    since: list[float] = []
+    for step in range(1, spec.steps + 1):
+        if len(order) < bs:  # a fresh seeded permutation each epoch
+            order += torch.randperm(len(examples), generator=g).tolist()
+        idx, order = order[:bs], order[bs:]
+        ids, mask, pos, labels = _batch(examples, idx, pad_id, spec.loss_on, device)
+        logits = net(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if spec.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
+        result.lrs.append(float(sched.get_last_lr()[0]))
+        opt.step()
+        sched.step()
+        result.losses.append(float(loss.item()))
+        since.append(result.losses[-1])
+        if step % spec.eval_every == 0 or step == spec.steps:
+            record(step, since)
+            since = []
+    for p in params:
+        p.requires_grad_(False)
+    if spec.method == "lora":
+        result.model = net.merge_and_unload()
+    result.model.eval()
+    result.model.requires_grad_(False)
+    return result
+
+
+__all__ = ["FinetuneResult", "FinetuneSpec", "finetune", "make_optimizer"]

@@ -1,0 +1,117 @@
+"""The implicit-pattern study end to end (quick preset on the built-in model), its greedy decoder, input
+checks, resume and determinism."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from iclft import UserError
+from iclft.models.toy import tiny_model
+from iclft.studies.implicit_patterns import QUICK, ImplicitSpec, greedy_decode, last_logits, run, run_unit
+
+VOCAB = 40
+
+
+def _slow_greedy(model, prompt, n, stop):
+    ids = list(prompt)
+    out = []
+    for _ in range(n):
+        with torch.no_grad():
+            t = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+        if t in stop:
+            break
+        out.append(t)
+        ids.append(t)
+    return out
+
+
+def test_greedy_decode_batched_equals_one_by_one():
+    model = tiny_model("llama", VOCAB, seed=2)
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(4, VOCAB, (n,), generator=g).tolist() for n in (3, 9, 5, 12)]
+    stop = {7, 11}
+    got = greedy_decode(model, prompts, pad_id=0, max_new_tokens=5, stop_ids=stop, batch_size=4)
+    assert got == [_slow_greedy(model, p, 5, stop) for p in prompts]
+    ll = last_logits(model, prompts, pad_id=0, batch_size=3)
+    for p, row in zip(prompts, ll, strict=True):
+        torch.testing.assert_close(row, model(input_ids=torch.tensor([p])).logits[0, -1].detach(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("implicit") / "run"
+    spec = ImplicitSpec(**QUICK)
+    run(spec, out)
+    return spec, out
+
+
+def _ci_ok(d):
+    return set(d) >= {"mean", "ci_low", "ci_high"} and (math.isnan(d["mean"]) or 0.0 <= d["mean"] <= 1.0)
+
+
+def test_quick_run_files_and_summary(quick_run):
+    spec, out = quick_run
+    for name in ("spec.yaml", "manifest.json", "records.parquet", "summary.json", "report.html"):
+        assert (out / name).is_file(), name
+    figs = {p.name for p in (out / "figures").glob("*.png")}
+    assert {"icl_vs_ft_curves.png", "ft_steps.png", "robustness_scatter.png", "circuit_heatmaps.png"} <= figs
+    s = json.loads((out / "summary.json").read_text())
+    for key in ("accuracy", "icl_curve", "ft_curve", "circuit_shift", "patching_agreement", "icl_vs_ft"):
+        assert key in s
+    fams = spec.families
+    settings = ["zsl", "icl_k0", "icl_k2", "ft_full_N16", "ft_lora_N16"]
+    for f in [*fams, "all"]:
+        assert set(s["accuracy"][f]) == set(settings)
+        for cell in s["accuracy"][f].values():
+            assert set(cell) == {"clean", "misleading"}
+            assert all(_ci_ok(cell[v]) and cell[v]["n"] == spec.seeds for v in cell)
+        assert s["icl_curve"][f]["k"] == spec.k_values and len(s["icl_curve"][f]["misleading"]) == 2
+        assert set(s["ft_curve"][f]) == {"full", "lora"}
+    for f in fams:
+        for x in ("icl", "ft"):
+            for m in ("cosine", "jaccard"):
+                d = s["circuit_shift"][f][x][m]
+                assert d["n"] == spec.seeds and -1e-9 <= d["mean"] <= 2.0 + 1e-9
+    ag = s["patching_agreement"]
+    assert -1.0 <= ag["spearman"]["mean"] <= 1.0 and ag["speedup"]["mean"] > 0
+    # ZSL is the k = 0 prompt: identical numbers
+    assert s["accuracy"]["all"]["zsl"] == s["accuracy"]["all"]["icl_k0"]
+    html = (out / "report.html").read_text()
+    assert "ICL vs FT" in html and "data:image/png;base64" in html
+    rec = pd.read_parquet(out / "records.parquet")
+    assert set(rec["kind"]) == {"acc", "curve", "effect"}
+    steps = rec[rec["kind"] == "curve"]["step"].unique().tolist()
+    assert sorted(steps) == [0, 2, 4]
+
+
+def test_resume_gives_the_same_summary(quick_run):
+    spec, out = quick_run
+    before = (out / "summary.json").read_text()
+    run(spec, out)  # every shard exists: nothing is recomputed
+    assert json.loads((out / "summary.json").read_text())["accuracy"] == json.loads(before)["accuracy"]
+
+
+def test_units_are_deterministic():
+    from iclft.models.load import load
+
+    spec = ImplicitSpec(**QUICK)
+    loaded = load("builtin")
+    for part in ("icl", "ft_lora", "circuits"):
+        a = run_unit(spec, loaded, "parity", 0, part, 16)
+        b = run_unit(spec, loaded, "parity", 0, part, 16)
+        cols = [c for c in a.columns if not c.startswith("seconds")]
+        pd.testing.assert_frame_equal(a[cols], b[cols])
+
+
+def test_bad_spec_is_an_input_error_and_leaves_nothing(tmp_path):
+    out = tmp_path / "bad"
+    with pytest.raises(UserError):
+        run(ImplicitSpec(**{**QUICK, "families": ["nope"]}), out)
+    with pytest.raises(UserError):
+        run(ImplicitSpec(**{**QUICK, "circuit_method": "guess"}), out)
+    assert not out.exists()
