@@ -1,19 +1,14 @@
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import re
-import sys
 from dataclasses import dataclass, field
 
 import torch
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
 
 from iclft.models.families import Family, blocks_of, get_module
 
 _SITE = re.compile(r"^blocks\.(\d+)\.(resid_post|attn\.out|attn\.scores|mlp\.out)$")
-_RECORDER: contextvars.ContextVar = contextvars.ContextVar("iclft_recorder", default=None)
 
 
 def site_names(n_layers: int, kinds=("resid_post",)) -> list[str]:
@@ -36,60 +31,6 @@ class Capture:
     def stack(self, kind: str, n_layers: int) -> torch.Tensor:
         """(n, n_layers, d) for a last-token site kind, e.g. "resid_post"."""
         return torch.stack([self.acts[f"blocks.{layer}.{kind}"] for layer in range(n_layers)], dim=1)
-
-
-class _Recorder:
-    def __init__(self, layer_of_attn: dict[int, int], want_scores: set[int], last: bool):
-        self.layer_of_attn = layer_of_attn
-        self.want_scores = want_scores
-        self.last = last
-        self.scores: dict[int, torch.Tensor] = {}
-        self.original = None
-
-
-def _scores_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
-    """An attention function that records q·k·scale, then delegates to the model's own implementation."""
-    rec: _Recorder | None = _RECORDER.get()
-    impl = kw.pop("_iclft_impl", None) or getattr(module, "_iclft_impl", "sdpa")
-    if rec is not None:
-        layer = rec.layer_of_attn.get(id(module))
-        if layer in rec.want_scores:
-            scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-            n_rep = query.shape[1] // key.shape[1]
-            k = key.repeat_interleave(n_rep, dim=1) if n_rep > 1 else key
-            q = query[:, :, -1:, :] if rec.last else query
-            s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # (b, h, q, keys)
-            rec.scores[layer] = s.detach()
-    if impl == "eager":
-        fn = sys.modules[type(module).__module__].eager_attention_forward
-    else:
-        fn = ALL_ATTENTION_FUNCTIONS[impl]
-    return fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kw)
-
-
-def _register(impl: str) -> str:
-    name = f"iclft_scores_{impl}"
-    if name not in ALL_ATTENTION_FUNCTIONS:
-        def fn(module, *args, **kw):
-            return _scores_attention(module, *args, _iclft_impl=impl, **kw)
-
-        AttentionInterface.register(name, fn)
-        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[impl])
-    return name
-
-
-@contextlib.contextmanager
-def _scores_mode(model):
-    """Route attention through the score recorder for the duration of the forward passes."""
-    cfg = model.config
-    impl = cfg._attn_implementation or "eager"
-    if impl not in ("eager", "sdpa"):
-        raise ValueError(f"attention scores need eager or sdpa attention, not {impl!r}")
-    cfg._attn_implementation = _register(impl)
-    try:
-        yield
-    finally:
-        cfg._attn_implementation = impl
 
 
 def pad_left(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -136,7 +77,6 @@ def capture(
     per_batch: dict[str, list] = {s: [] for s, _, _ in parsed}
     batch_logits = []
     want_scores = {layer for _, layer, kind in parsed if kind == "attn.scores"}
-    layer_of_attn = {id(get_module(b, family.attn)): i for i, b in enumerate(blocks)}
 
     hooks = []
     current: dict[str, torch.Tensor] = {}
@@ -164,28 +104,27 @@ def capture(
             continue
         hooks.append(mod.register_forward_hook(keep(site)))
 
-    rec = _Recorder(layer_of_attn, want_scores, last)
-    token = _RECORDER.set(rec)
-    ctx = _scores_mode(model) if want_scores else contextlib.nullcontext()
+    from iclft.capture.attention import record_attention
+
+    ctx = (record_attention(model, family, want_scores, last_only=last, keys=True) if want_scores
+           else contextlib.nullcontext())
     try:
-        with ctx:
+        with ctx as rec:
             for start in range(0, len(order), batch_size):
                 idx = order[start:start + batch_size]
                 seqs = [prompts[i] for i in idx]
                 ids, mask, pos = pad_left(seqs, pad_id, device)
                 current.clear()
                 current_shape[:] = ids.shape
-                rec.scores.clear()
                 out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
                 if logits:
                     batch_logits.append(out.logits[:, -1].float().cpu())
                 lens = [len(s) for s in seqs]
                 width = ids.shape[1]
                 for site, layer, kind in parsed:
-                    t = rec.scores[layer] if kind == "attn.scores" else current[site]
+                    t = _scores(rec, layer) if kind == "attn.scores" else current[site]
                     per_batch[site].append(_split(t, kind, lens, width, last))
     finally:
-        _RECORDER.reset(token)
         for h in hooks:
             h.remove()
 
@@ -203,6 +142,12 @@ def capture(
     if logits:
         result.logits = torch.cat(batch_logits)[inverse]
     return result
+
+
+def _scores(rec, layer: int) -> torch.Tensor:
+    """q·k·scale from the recorded attention queries and keys: (batch, heads, q_len, keys), float32."""
+    q, k = rec.queries[layer].float(), rec.keys[layer].float()
+    return torch.matmul(q, k.transpose(-1, -2)) * rec.scaling[layer]
 
 
 def _split(t: torch.Tensor, kind: str, lens: list[int], width: int, last: bool) -> list[torch.Tensor]:

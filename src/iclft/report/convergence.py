@@ -143,11 +143,7 @@ def findings(summary: dict) -> list[str]:
 
 def write_report(out: Path, records: pd.DataFrame, summary: dict, spec, model_info: dict) -> Path:
     figs = figures(out, records, summary)
-    parts = []
-    if summary.get("builtin_stand_in"):
-        parts.append('<div class="note"><b>Stand-in model.</b> No pretrained built-in model is shipped in this '
-                     "install, so \"builtin\" is a small <i>randomly initialised</i> Llama. Its numbers exercise "
-                     "the pipeline and mean nothing about in-context learning.</div>")
+    parts = [H.stand_in_note("in-context learning")] if model_info.get("builtin_stand_in") else []
     parts.append(f"<p>Model <code>{H.esc(model_info.get('model'))}</code> ({H.esc(model_info.get('family'))}, "
                  f"{model_info.get('n_layers')} layers, {model_info.get('n_params', 0):,} parameters); task "
                  f"<code>{H.esc(spec.task)}</code>; {summary['n_seeds']} seeds × {spec.queries_per_seed} queries; "

@@ -89,11 +89,7 @@ def _pub_row(pub: dict, name: str, ours: str, key: str, fmt) -> list:
 def write_report(out: Path, records: pd.DataFrame, summary: dict, spec, model_info: dict) -> Path:
     out = Path(out)
     figs = figures(out, records, summary)
-    parts = []
-    if summary.get("builtin_stand_in") or model_info.get("builtin_stand_in"):
-        parts.append('<div class="note"><b>Stand-in model.</b> No pretrained built-in model is shipped in this '
-                     "install, so \"builtin\" is a small <i>randomly initialised</i> Llama. Its numbers exercise "
-                     "the pipeline and mean nothing about in-context learning.</div>")
+    parts = [H.stand_in_note("in-context learning")] if model_info.get("builtin_stand_in") else []
     ks = sorted(set(summary["k_per_seed"].values()))
     lrs = ", ".join(f"seed {s}: {c['chosen']:g}" for s, c in summary["lr_choice"].items())
     grid = ", ".join(f"{x:g}" for x in spec.lr_grid)

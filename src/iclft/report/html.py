@@ -34,6 +34,12 @@ def table(header: list[str], rows: list[list]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def stand_in_note(about: str) -> str:
+    return ('<div class="note"><b>Stand-in model.</b> No pretrained built-in model is shipped in this install, so '
+            '"builtin" is a small <i>randomly initialised</i> Llama. Its numbers exercise the pipeline and mean '
+            f"nothing about {esc(about)}.</div>")
+
+
 def page(title: str, parts: list[str]) -> str:
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
             f"<style>{CSS}</style></head><body><h1>{esc(title)}</h1>{''.join(parts)}</body></html>")

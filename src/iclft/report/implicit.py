@@ -183,11 +183,7 @@ def findings(summary: dict) -> list[str]:
 
 def write_report(out: Path, records: pd.DataFrame, summary: dict, spec, model_info: dict) -> Path:
     figs = figures(out, records, summary)
-    parts = []
-    if summary.get("builtin_stand_in"):
-        parts.append('<div class="note"><b>Stand-in model.</b> No pretrained built-in model is shipped in this '
-                     "install, so \"builtin\" is a small <i>randomly initialised</i> Llama. Its numbers exercise "
-                     "the pipeline and mean nothing about implicit patterns.</div>")
+    parts = [H.stand_in_note("implicit patterns")] if model_info.get("builtin_stand_in") else []
     rules = ", ".join(f"{f}: {r}" for f, r in summary["rules"].items())
     parts.append(
         f"<p>Model <code>{H.esc(model_info.get('model'))}</code> ({H.esc(model_info.get('family'))}, "

@@ -99,6 +99,26 @@ def run_dir(out: Path, spec: BaseModel):
         raise
 
 
+def execute(study: str, spec, out: Path, loaded, units, unit_fn, summarise, write_report, started: float,
+            manifest_extra=None) -> Path:
+    """The tail every study shares: units -> shards -> records -> summary -> report -> manifest.
+
+    summarise(records) -> dict; write_report(out, records, summary, spec, model_info);
+    manifest_extra(summary) -> dict of study-specific manifest fields.
+    """
+    from iclft.sweep import atomic_write_parquet, run_units
+
+    with run_dir(out, spec) as out:
+        records = run_units(units, unit_fn, out / "shards", desc=study)
+        atomic_write_parquet(records, out / "records.parquet")
+        summary = summarise(records)
+        atomic_write_json(out / "summary.json", summary)
+        write_report(out, records, summary, spec, loaded.info)
+        extra = {"study": study, "units": len(units), **(manifest_extra(summary) if manifest_extra else {})}
+        write_manifest(out, manifest(spec, loaded, started, extra))
+    return out
+
+
 def manifest(spec, loaded, started: float, extra: dict | None = None) -> dict:
     versions = {}
     for pkg in ("torch", "transformers", "peft", "numpy", "scipy", "pandas", "sentence-transformers"):

@@ -27,8 +27,8 @@ from iclft.metrics.similarity import CONVERGENCE_KEYS, convergence_metrics, demo
 from iclft.metrics.stats import correlation, paired_test, per_layer_interval, t_interval
 from iclft.models.load import load
 from iclft.prompts import Embedder, PromptBuilder, corrupt_labels, select_demos
-from iclft.studies.common import RunSpec, manifest, run_dir, write_manifest
-from iclft.sweep import Unit, atomic_write_json, atomic_write_parquet, run_units
+from iclft.studies.common import RunSpec, execute
+from iclft.sweep import Unit
 from iclft.tasks import get_task
 from iclft.tuning import LoraConfigSpec, LoraSession
 
@@ -90,16 +90,10 @@ def run(spec: ConvergenceSpec, out: Path) -> Path:
                          embedder, n_layers)
 
     units = [Unit(f"{c['name']}__s{s}", {"cond": c, "seed": s}) for c in conds for s in spec.seed_list()]
-    with run_dir(out, spec) as out:
-        records = run_units(units, unit_fn, out / "shards", desc="convergence")
-        atomic_write_parquet(records, out / "records.parquet")
-        summary = summarise(records, spec, conds, loaded.info)
-        atomic_write_json(out / "summary.json", summary)
-        from iclft.report.convergence import write_report
+    from iclft.report.convergence import write_report
 
-        write_report(out, records, summary, spec, loaded.info)
-        write_manifest(out, manifest(spec, loaded, started, {"study": "convergence", "units": len(units)}))
-    return out
+    return execute("convergence", spec, out, loaded, units, unit_fn,
+                   lambda records: summarise(records, spec, conds, loaded.info), write_report, started)
 
 
 def _check_fits(builder, task, control, k_max):

@@ -54,8 +54,8 @@ from iclft.metrics.dualform import check_dual_form
 from iclft.metrics.stats import per_layer_interval, t_interval
 from iclft.models.load import load
 from iclft.prompts import PromptBuilder
-from iclft.studies.common import RunSpec, manifest, run_dir, write_manifest
-from iclft.sweep import Unit, atomic_write_json, atomic_write_parquet, run_units
+from iclft.studies.common import RunSpec, execute
+from iclft.sweep import Unit
 from iclft.tasks.base import Example, Task
 from iclft.tuning.ft_kv import FtKvSession
 
@@ -116,20 +116,15 @@ def run(spec: DualSpec, out: Path) -> Path:
         return run_seed(spec, unit.params["seed"], loaded, task, builder, queries, n_layers)
 
     units = [Unit(f"seed{s}", {"seed": s}) for s in spec.seed_list()]
-    with run_dir(out, spec) as out:
-        records = run_units(units, unit_fn, out / "shards", desc="dual")
-        atomic_write_parquet(records, out / "records.parquet")
-        summary = summarise(records, spec, loaded.info)
-        atomic_write_json(out / "summary.json", summary)
-        from iclft.report.dual_view import write_report
+    from iclft.report.dual_view import write_report
 
-        write_report(out, records, summary, spec, loaded.info)
-        extra = {"study": "dual", "units": len(units), "lr_grid": list(spec.lr_grid),
-                 "lr_choice": summary["lr_choice"], "k_per_seed": summary["k_per_seed"],
-                 "demo_sampling": spec.demo_sampling, "val_size": spec.val_size, "n_queries": len(queries),
-                 "prefix_kv_cache": True}
-        write_manifest(out, manifest(spec, loaded, started, extra))
-    return out
+    def extra(summary: dict) -> dict:
+        return {"lr_grid": list(spec.lr_grid), "lr_choice": summary["lr_choice"], "k_per_seed": summary["k_per_seed"],
+                "demo_sampling": spec.demo_sampling, "val_size": spec.val_size, "n_queries": len(queries),
+                "prefix_kv_cache": True}
+
+    return execute("dual", spec, out, loaded, units, unit_fn, lambda records: summarise(records, spec, loaded.info),
+                   write_report, started, extra)
 
 
 # ---------------------------------------------------------------------------------------------- inputs

@@ -38,8 +38,8 @@ from iclft.circuits.patching import activation_patching, attribution_patching, c
 from iclft.metrics.stats import correlation, paired_test, t_interval
 from iclft.models.load import load
 from iclft.prompts import PromptBuilder
-from iclft.studies.common import RunSpec, manifest, run_dir, write_manifest
-from iclft.sweep import Unit, atomic_write_json, atomic_write_parquet, run_units
+from iclft.studies.common import RunSpec, execute
+from iclft.sweep import Unit
 from iclft.tasks.implicit import DEFAULT_RULE, FAMILIES, RULES, generate, implicit_task, normalise_answer
 from iclft.tuning.finetune import FinetuneSpec, finetune
 
@@ -136,16 +136,10 @@ def run(spec: ImplicitSpec, out: Path) -> Path:
         p = unit.params
         return run_unit(spec, loaded, p["family"], p["seed"], p["part"], n_train)
 
-    with run_dir(out, spec) as out:
-        records = run_units(units, unit_fn, out / "shards", desc="implicit")
-        atomic_write_parquet(records, out / "records.parquet")
-        summary = summarise(records, spec, loaded.info)
-        atomic_write_json(out / "summary.json", summary)
-        from iclft.report.implicit import write_report
+    from iclft.report.implicit import write_report
 
-        write_report(out, records, summary, spec, loaded.info)
-        write_manifest(out, manifest(spec, loaded, started, {"study": "implicit", "units": len(units)}))
-    return out
+    return execute("implicit", spec, out, loaded, units, unit_fn,
+                   lambda records: summarise(records, spec, loaded.info), write_report, started)
 
 
 # ------------------------------------------------------------------------------------ scoring
