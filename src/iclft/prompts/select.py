@@ -70,7 +70,7 @@ def select_demos(
     cands = rng.sample(pool, min(candidates, len(pool)))
     sims = embedder([c.input for c in cands]) @ embedder([query.input])[0]
     order = np.argsort(sims, kind="stable")  # ascending similarity
-    chosen = order[-k:] if method == "most_similar" else order[:k][::-1]
+    chosen = order[-k:] if method == "most_similar" else order[:k]
     return [cands[i] for i in chosen]
 
 

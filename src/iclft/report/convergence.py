@@ -125,17 +125,20 @@ def findings(summary: dict) -> list[str]:
     for c in summary["correlations"]:
         if c["metric"] != "d_icl_it":
             continue
-        r, p = c["pearson_r"], c["pearson_p"]
-        sig = r == r and p < 0.05
+        ps = c["per_seed_pearson"]
+        r = ps["mean"]
+        # significant when the across-seed 95% interval of the per-seed correlation excludes 0
+        sig = ps["ci_low"] == ps["ci_low"] and (ps["ci_low"] > 0 or ps["ci_high"] < 0)
         direction = "rises" if r > 0 else "falls"
         verdict = {"demo_query_sim": "Duan et al. find more convergence with more similar demonstrations",
                    "label_correctness": "Duan et al. find convergence depends on label correctness",
                    "k": "Duan et al. find convergence depends on the number of demonstrations"}[c["factor"]]
         if r != r:
-            line = f"no correlation could be computed (n = {c['n']})"
+            line = f"no per-seed correlation could be computed (pooled n = {c['n']})"
         else:
             line = (f"d_icl_it {direction if sig else 'does not change significantly'} with {c['factor']} "
-                    f"(Pearson r = {r:.3f}, {_sig(p)}; Spearman ρ = {c['spearman_rho']:.3f}, n = {c['n']})")
+                    f"(per-seed Pearson r = {H.fmt_ci(ps)}, Spearman ρ = {H.fmt_ci(c['per_seed_spearman'])}; "
+                    f"pooled r = {c['pearson_r']:.3f}, {_sig(c['pearson_p'])}, n = {c['n']} trials)")
         repro = "consistent" if sig and r > 0 else "NOT reproduced"
         out.append(f"<b>{c['factor']}.</b> {line}. {verdict}: {repro} here.")
     return out
@@ -157,10 +160,12 @@ def write_report(out: Path, records: pd.DataFrame, summary: dict, spec, model_in
                      H.fmt_ci(c["acc_it"], 2)])
     parts.append("<h2>Conditions (last layer)</h2>" + H.table(
         ["condition", "k", "selection", "labels", "cos(ICL,IT)", "d_icl_it", "d_icl_sl", "acc ICL", "acc IT"], rows))
-    parts.append("<h2>Correlations (last layer, one row per trial)</h2>" + H.table(
-        ["factor", "metric", "Pearson r", "p", "Spearman ρ", "p", "n"],
-        [[c["factor"], c["metric"], f"{c['pearson_r']:.3f}", f"{c['pearson_p']:.3g}", f"{c['spearman_rho']:.3f}",
-          f"{c['spearman_p']:.3g}", c["n"]] for c in summary["correlations"]]))
+    parts.append("<h2>Correlations (last layer)</h2><p>Per seed, then a 95% t-interval across seeds; pooled over "
+                 "all trials for reference (its p-values treat trials as independent).</p>" + H.table(
+        ["factor", "metric", "per-seed Pearson r", "per-seed Spearman ρ", "pooled r", "p", "pooled ρ", "p", "n"],
+        [[c["factor"], c["metric"], H.fmt_ci(c["per_seed_pearson"]), H.fmt_ci(c["per_seed_spearman"]),
+          f"{c['pearson_r']:.3f}", f"{c['pearson_p']:.3g}", f"{c['spearman_rho']:.3f}", f"{c['spearman_p']:.3g}",
+          c["n"]] for c in summary["correlations"]]))
     parts.append("<h2>Figures</h2>" + "".join(H.img(p, caption) for caption, p in figs.items()))
     parts.append("<p>Definitions: METRICS.md (Convergence). Files: <code>records.parquet</code> (one row per trial "
                  "and layer), <code>summary.json</code>, <code>manifest.json</code>.</p>")

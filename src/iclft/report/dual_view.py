@@ -52,10 +52,16 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
     return figs
 
 
-def _reliably_above(d: dict, other: dict | None = None) -> bool:
-    lo = d.get("ci_low")
-    ref = other.get("ci_high") if other else 0.0
-    return lo is not None and lo == lo and ref is not None and ref == ref and lo > ref
+def _above(pt: dict | None) -> bool:
+    """A paired test says the first is larger: positive mean difference, paired t p < 0.05."""
+    return bool(pt) and pt["mean_diff"] == pt["mean_diff"] and pt["mean_diff"] > 0 and pt["t_p"] < 0.05
+
+
+def _p(pt: dict | None) -> str:
+    if not pt:
+        return ""
+    f = lambda v: "n/a" if v is None or v != v else f"{v:.3g}"  # noqa: E731
+    return f" (paired t p = {f(pt['t_p'])}, Wilcoxon p = {f(pt['wilcoxon_p'])}, n = {pt['n']})"
 
 
 def findings(summary: dict) -> list[str]:
@@ -65,20 +71,23 @@ def findings(summary: dict) -> list[str]:
                f"(Dai et al.: 0.856 / 0.894). Accuracies: ZSL {H.fmt_ci(summary['acc_zsl'])}, ICL "
                f"{H.fmt_ci(summary['acc_icl'])}, FT-KV {H.fmt_ci(summary['acc_ft'])}.")
     s, sr = summary["simaou"], summary["simaou_random"]
-    yes = _reliably_above(s, sr)
+    pt = summary.get("paired", {}).get("simaou_vs_random")
+    yes = _above(pt)
     shared = "in a shared" if yes else "in no reliably shared"
     out.append(f"<b>SimAOU.</b> ICL and FT-KV move the attention output {shared} direction: {H.fmt_ci(s)} vs "
-               f"{H.fmt_ci(sr)} for a random (zero-mean Gaussian) update. Dai et al. report 0.186 / 0.225, above "
-               f"their random baseline: {'reproduced' if yes else 'NOT reproduced'} here.")
+               f"{H.fmt_ci(sr)} for a random (zero-mean Gaussian) update{_p(pt)}. Dai et al. report 0.186 / 0.225, "
+               f"above their random baseline: {'reproduced' if yes else 'NOT reproduced'} here.")
     b, a = summary["simam_before"], summary["simam_after"]
-    yes = a["mean"] == a["mean"] and b["mean"] == b["mean"] and a["mean"] > b["mean"]
+    pt = summary.get("paired", {}).get("simam_after_vs_before")
+    yes = _above(pt)
     out.append(f"<b>SimAM.</b> The ICL attention map over the query's tokens is {H.fmt_ci(b)} similar to ZSL's and "
-               f"{H.fmt_ci(a)} to FT-KV's. Dai et al. report an increase (0.338→0.442, 0.355→0.434): "
+               f"{H.fmt_ci(a)} to FT-KV's{_p(pt)}. Dai et al. report an increase (0.338→0.442, 0.355→0.434): "
                f"{'same direction' if yes else 'NOT reproduced'} here.")
     k, kr = summary["kendall"], summary["kendall_random"]
-    yes = _reliably_above(k, kr)
-    out.append(f"<b>Kendall.</b> τ = {H.fmt_ci(k)} vs {H.fmt_ci(kr)} with a random FT side (Dai et al.: 0.193 / "
-               f"0.214): {'reproduced' if yes else 'NOT reproduced'} here.")
+    pt = summary.get("paired", {}).get("kendall_vs_random")
+    yes = _above(pt)
+    out.append(f"<b>Kendall.</b> τ = {H.fmt_ci(k)} vs {H.fmt_ci(kr)} with a random FT side{_p(pt)} "
+               f"(Dai et al.: 0.193 / 0.214): {'reproduced' if yes else 'NOT reproduced'} here.")
     return out
 
 

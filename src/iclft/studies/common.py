@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import shutil
 import sys
@@ -77,24 +78,35 @@ def spec_yaml(spec: BaseModel) -> str:
 
 
 @contextmanager
-def run_dir(out: Path, spec: BaseModel):
-    """Create (or resume) OUT. A fresh directory that fails with an input error is removed again."""
+def run_dir(out: Path, spec: BaseModel, identity: dict | None = None):
+    """Create (or resume) OUT.
+
+    Resuming needs the same spec and the same identity (iclft version, model hash): shards computed by other
+    code or weights must not be mixed in. A fresh directory that fails with an input error before any unit
+    finished is removed again; finished shards are never thrown away.
+    """
     out = Path(out)
     text = spec_yaml(spec)
+    ident = json.dumps(identity or {}, sort_keys=True)
     created = not out.exists()
     if not created:
         old = out / "spec.yaml"
         if old.is_file():
             if old.read_text(encoding="utf-8") != text:
                 raise UserError(f"{str(out)!r} holds a run with a different spec; choose another --out")
+            old_ident = out / "identity.json"
+            if old_ident.is_file() and old_ident.read_text(encoding="utf-8").strip() != ident:
+                raise UserError(f"{str(out)!r} was started by another iclft version or model weights; "
+                                "choose another --out")
         elif any(out.iterdir()):
             raise UserError(f"{str(out)!r} exists and is not an iclft run directory")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "spec.yaml", text)
+    atomic_write_text(out / "identity.json", ident + "\n")
     try:
         yield out
     except UserError:
-        if created:
+        if created and not any((out / "shards").glob("*.parquet")):
             shutil.rmtree(out, ignore_errors=True)
         raise
 
@@ -108,7 +120,9 @@ def execute(study: str, spec, out: Path, loaded, units, unit_fn, summarise, writ
     """
     from iclft.sweep import atomic_write_parquet, run_units
 
-    with run_dir(out, spec) as out:
+    identity = {"iclft_version": iclft.__version__, "model": loaded.info.get("model"),
+                "model_sha256": loaded.info.get("model_sha256"), "stand_in": loaded.info.get("builtin_stand_in")}
+    with run_dir(out, spec, identity) as out:
         records = run_units(units, unit_fn, out / "shards", desc=study)
         atomic_write_parquet(records, out / "records.parquet")
         summary = summarise(records)

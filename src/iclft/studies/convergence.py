@@ -97,31 +97,40 @@ def run(spec: ConvergenceSpec, out: Path) -> Path:
 
 
 def _check_fits(builder, task, control, k_max):
-    longest = sorted(task.train, key=lambda e: len(e.input))[-k_max:]
-    query = max(task.test, key=lambda e: len(e.input))
-    builder.build(query, longest, instruction=True)
+    """The worst case must fit: the k longest demonstrations (in tokens) before the longest query."""
+    def longest(examples, n, demo_task=task):
+        by_chars = sorted(examples, key=lambda e: len(e.input))[-max(4 * n, 64):]  # candidates; tokens decide
+        return sorted(by_chars, key=lambda e: len(builder.build(e, [], instruction=False, demo_task=demo_task)))[-n:]
+
+    query = longest(task.test, 1)[0]
+    builder.build(query, longest(task.train, k_max), instruction=True)
     if control is not None:
-        builder.build(query, sorted(control.train, key=lambda e: len(e.input))[-k_max:], demo_task=control)
+        builder.build(query, longest(control.train, k_max, control), demo_task=control)
 
 
 def _run_unit(spec, cond, seed, loaded, task, control, builder, embedder, n_layers) -> pd.DataFrame:
     model, fam, pad = loaded.model, loaded.family, loaded.tokenizer.pad_token_id
     queries = random.Random(seed).sample(task.test, spec.queries_per_seed)  # same queries for every condition
-    rng = random.Random(f"{seed}/{cond['name']}")
+    # Demonstrations depend only on what defines them, so the label conditions reuse the base condition's
+    # demonstrations and differ from it in their labels alone (a paired comparison).
+    demo_rng = random.Random(f"{seed}/{cond['selection']}/{cond['k']}/{cond['control']}")
+    label_rng = random.Random(f"{seed}/{cond['name']}/labels")
     demo_task = control if cond["control"] else task
     trials = []
     for q in queries:
-        demos = select_demos(q, demo_task.train, cond["k"], cond["selection"], rng, embedder, spec.candidates)
-        labels = corrupt_labels(demos, cond["labels"], demo_task.label_words, rng)
+        demos = select_demos(q, demo_task.train, cond["k"], cond["selection"], demo_rng, embedder, spec.candidates)
+        labels = corrupt_labels(demos, cond["labels"], demo_task.label_words, label_rng)
         trials.append((q, demos, labels))
 
     sites = site_names(n_layers)
     zsl = [builder.build(q, [], instruction=True).ids for q, _, _ in trials]
     icl = [builder.build(q, d, lab, instruction=True, demo_task=demo_task).ids for q, d, lab in trials]
-    base = capture(model, fam, zsl + icl, sites, pad_id=pad, batch_size=spec.batch_size, logits=True)
-    h = base.stack("resid_post", n_layers)
-    n = len(trials)
-    h_zsl, h_icl, logits_zsl, logits_icl = h[:n], h[n:], base.logits[:n], base.logits[n:]
+    # ZSL prompts run one at a time, exactly as the IT / SL models see them below, so h_IT - h_ZSL holds no
+    # padding-layout noise (it matters in bf16).
+    anchor = capture(model, fam, zsl, sites, pad_id=pad, batch_size=1, logits=True)
+    shown = capture(model, fam, icl, sites, pad_id=pad, batch_size=spec.batch_size, logits=True)
+    h_zsl, logits_zsl = anchor.stack("resid_post", n_layers), anchor.logits
+    h_icl, logits_icl = shown.stack("resid_post", n_layers), shown.logits
 
     h_it, h_sl, logits_it, logits_sl = [], [], [], []
     with LoraSession(model, fam, spec.lora) as lora:
@@ -198,13 +207,23 @@ def summarise(records: pd.DataFrame, spec: ConvergenceSpec, conds: list[dict], m
         summary["paired"]["s_icl_it_task_vs_control"] = paired_test(
             per_seed_last(b, "s_icl_it"), per_seed_last(ctrl, "s_icl_it"))
 
-    # Correlations over trials at the last layer; each factor over the conditions that vary it.
+    # Each factor is correlated over the conditions that vary it alone (last layer). Trials within a seed share
+    # queries, so the headline is the per-seed correlation with a t-interval across seeds; the pooled
+    # correlation over all trials is kept beside it (its p-value treats trials as independent).
     task_rows = lastrows[~lastrows["control"]]
+    sim_rows = task_rows[task_rows["base"] | task_rows["condition"].str.startswith("sel_")]
     k_rows = task_rows[task_rows["condition"].str.match(r"^k\d+$")]
     label_rows = task_rows[task_rows["base"] | task_rows["condition"].str.startswith("labels_")]
-    factors = {"demo_query_sim": task_rows, "k": k_rows, "label_correctness": label_rows}
-    summary["correlations"] = [
-        {"factor": f, "metric": m, **correlation(rows[f].to_numpy(float), rows[m].to_numpy(float))}
-        for f, rows in factors.items() for m in ("s_icl_it", "d_icl_it")
-    ]
+    factors = {"demo_query_sim": sim_rows, "k": k_rows, "label_correctness": label_rows}
+    summary["correlations"] = [_correlate(rows, f, m) for f, rows in factors.items() for m in ("s_icl_it", "d_icl_it")]
     return summary
+
+
+def _correlate(rows: pd.DataFrame, factor: str, metric: str) -> dict:
+    per_seed = [correlation(g[factor].to_numpy(float), g[metric].to_numpy(float)) for _, g in rows.groupby("seed")]
+    return {
+        "factor": factor, "metric": metric,
+        **correlation(rows[factor].to_numpy(float), rows[metric].to_numpy(float)),
+        "per_seed_pearson": t_interval([c["pearson_r"] for c in per_seed]),
+        "per_seed_spearman": t_interval([c["spearman_rho"] for c in per_seed]),
+    }

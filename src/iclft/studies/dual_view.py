@@ -51,7 +51,7 @@ from iclft.metrics.dual import (
     simaou_random,
 )
 from iclft.metrics.dualform import check_dual_form
-from iclft.metrics.stats import per_layer_interval, t_interval
+from iclft.metrics.stats import paired_test, per_layer_interval, t_interval
 from iclft.models.load import load
 from iclft.prompts import PromptBuilder
 from iclft.studies.common import RunSpec, execute
@@ -141,7 +141,10 @@ def validate(spec: DualSpec, task: Task, builder: PromptBuilder, max_len: int) -
         raise UserError(f"lr_grid holds invalid learning rates {bad}; they must be finite and >= 0")
     if spec.queries is not None and spec.queries > len(task.test):
         raise UserError(f"asked for {spec.queries} queries but the test split has {len(task.test)}")
-    queries = task.test[: spec.queries] if spec.queries is not None else list(task.test)
+    # a fixed shuffle first: some hub test splits are stored sorted by label, and a prefix would be one class
+    queries = list(task.test)
+    random.Random(20230601).shuffle(queries)
+    queries = queries[: spec.queries] if spec.queries is not None else queries
     unknown = sorted({q.label for q in queries if q.label not in task.label_words})
     if unknown:
         raise UserError(f"test labels {unknown} are not among the task's label words {task.label_words}")
@@ -371,6 +374,14 @@ def summarise(records: pd.DataFrame, spec: DualSpec, model_info: dict) -> dict:
     summary["rec2ftp"] = _interval(np.array(r2f, float))
     for setting in SETTINGS:
         summary[f"acc_{setting}"] = _interval(np.array([by_seed[s][f"correct_{setting}"].mean() for s in seeds]))
+    per_seed = lambda key: np.array(summary[key]["per_seed"], float)  # noqa: E731
+    summary["paired"] = {  # METRICS.md: paired comparisons report paired t and Wilcoxon p-values
+        "simaou_vs_random": paired_test(per_seed("simaou"), per_seed("simaou_random")),
+        "simam_after_vs_before": paired_test(per_seed("simam_after"), per_seed("simam_before")),
+        "kendall_vs_random": paired_test(per_seed("kendall"), per_seed("kendall_random")),
+        "acc_icl_vs_acc_ft": paired_test(per_seed("acc_icl"), per_seed("acc_ft")),
+        "acc_ft_vs_acc_zsl": paired_test(per_seed("acc_ft"), per_seed("acc_zsl")),
+    }
     summary["per_layer"] = per_layer
     summary["k_per_seed"] = {str(s): int(by_seed[s]["k"].iloc[0]) for s in seeds}
     summary["lr_choice"] = {str(s): json.loads(by_seed[s]["lr_search"].iloc[0]) for s in seeds}

@@ -215,7 +215,9 @@ class Scorer:
             logits = last_logits(model, prompts, self.pad_id, self.batch_size)
             pred = logits[:, self.builder.label_token_ids].argmax(-1).tolist()
             return [self.task.label_words[p] == g for p, g in zip(pred, golds, strict=True)]
-        gens = greedy_decode(model, prompts, self.pad_id, self.max_new, self.stop, self.batch_size)
+        # the budget also covers this call's gold answers (misleading test answers can outgrow training ones)
+        need = max((len(self.builder._enc(self.task.answer_prefix + g)) + 1 for g in golds), default=1)
+        gens = greedy_decode(model, prompts, self.pad_id, max(self.max_new, need), self.stop, self.batch_size)
         texts = [self.builder.tok.decode(g, skip_special_tokens=True) for g in gens]
         return [normalise_answer(t) == normalise_answer(g) for t, g in zip(texts, golds, strict=True)]
 

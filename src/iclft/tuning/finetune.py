@@ -57,14 +57,16 @@ def make_optimizer(params, spec: FinetuneSpec):
     return opt, get_constant_schedule_with_warmup(opt, num_warmup_steps=spec.warmup_steps)
 
 
-def _batch(examples, idx, pad_id, loss_on, device):
+def lm_batch(examples, idx, pad_id, loss_on, device):
+    """Left-padded causal-LM batch of (ids, answer_mask) examples; labels are -100 where no loss is taken."""
     seqs = [examples[i][0] for i in idx]
     ids, mask, pos = pad_left(seqs, pad_id, device)
     target = torch.zeros_like(ids, dtype=torch.bool)
     width = ids.shape[1]
     for r, i in enumerate(idx):
         seq, ans = examples[i]
-        m = ans if loss_on == "answer" else [1] * len(seq)
+        # "all": every token but the first, which has nothing before it to be predicted from
+        m = ans if loss_on == "answer" else [0] + [1] * (len(seq) - 1)
         target[r, width - len(seq):] = torch.tensor(m, dtype=torch.bool)
     labels = ids.masked_fill(~target, -100)
     return ids, mask, pos, labels
@@ -139,7 +141,7 @@ def finetune(
         if len(order) < bs:  # a fresh seeded permutation each epoch
             order += torch.randperm(len(examples), generator=g).tolist()
         idx, order = order[:bs], order[bs:]
-        ids, mask, pos, labels = _batch(examples, idx, pad_id, spec.loss_on, device)
+        ids, mask, pos, labels = lm_batch(examples, idx, pad_id, spec.loss_on, device)
         logits = net(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
         loss = torch.nn.functional.cross_entropy(
             logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1))

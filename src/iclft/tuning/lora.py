@@ -68,15 +68,10 @@ class LoraSession:
     def train(self, examples: list[tuple[list[int], list[int]]], seed: int, pad_id: int) -> list[float]:
         """Full-batch AdamW on the demonstrations; returns the loss per step."""
         self.reset(seed)
-        from iclft.capture.core import pad_left
+        from iclft.tuning.finetune import lm_batch
 
-        device = self.params[0].device
-        ids, mask, pos = pad_left([e[0] for e in examples], pad_id, device)
-        target_mask = torch.zeros_like(ids, dtype=torch.bool)
-        for i, (seq, ans) in enumerate(examples):
-            m = ans if self.spec.loss_on == "answer" else [1] * len(seq)
-            target_mask[i, ids.shape[1] - len(seq):] = torch.tensor(m, dtype=torch.bool)
-        labels = ids.masked_fill(~target_mask, -100)
+        ids, mask, pos, labels = lm_batch(examples, range(len(examples)), pad_id, self.spec.loss_on,
+                                          self.params[0].device)
         for p in self.params:
             p.requires_grad_(True)
         opt = torch.optim.AdamW(self.params, lr=self.spec.lr, weight_decay=0.0)
