@@ -33,6 +33,14 @@ class Capture:
         return torch.stack([self.acts[f"blocks.{layer}.{kind}"] for layer in range(n_layers)], dim=1)
 
 
+def site_module(model, family: Family, blocks: list, layer: int, kind: str):
+    """The module whose forward output is the site `blocks.{layer}.{kind}` (not attn.scores)."""
+    if kind == "resid_post":
+        # HF's last hidden state is after the final norm (METRICS.md: resid_post[l] = hidden_states[l+1]).
+        return get_module(model, family.final_norm) if layer == len(blocks) - 1 else blocks[layer]
+    return get_module(blocks[layer], family.attn if kind == "attn.out" else family.mlp)
+
+
 def pad_left(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left padding; position ids come from the mask so a padded prompt sees the positions it would alone."""
     width = max(len(s) for s in seqs)
@@ -91,18 +99,9 @@ def capture(
 
         return hook
 
-    final_norm = get_module(model, family.final_norm)
     for site, layer, kind in parsed:
-        if kind == "resid_post":
-            # HF's last hidden state is after the final norm (METRICS.md: resid_post[l] = hidden_states[l+1]).
-            mod = final_norm if layer == n_layers - 1 else blocks[layer]
-        elif kind == "attn.out":
-            mod = get_module(blocks[layer], family.attn)
-        elif kind == "mlp.out":
-            mod = get_module(blocks[layer], family.mlp)
-        else:
-            continue
-        hooks.append(mod.register_forward_hook(keep(site)))
+        if kind != "attn.scores":
+            hooks.append(site_module(model, family, blocks, layer, kind).register_forward_hook(keep(site)))
 
     from iclft.capture.attention import record_attention
 

@@ -23,8 +23,8 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from iclft.capture.attention import AttentionRecord, record_attention  # noqa: F401 - re-exported
-from iclft.capture.core import Capture
-from iclft.models.families import Family, blocks_of, get_module
+from iclft.capture.core import Capture, site_module
+from iclft.models.families import Family, blocks_of
 
 _SITE = re.compile(r"^blocks\.(\d+)\.(resid_post|attn\.out|attn\.scores|attn\.q|mlp\.out)$")
 
@@ -100,17 +100,9 @@ def capture_prefixed(
 
     kv = prefix_cache(model, prefix)  # before any hook or recorder: the prefix needs no recording
     hooks = []
-    final_norm = get_module(model, family.final_norm)
     for site, layer, kind in parsed:
-        if kind == "resid_post":
-            mod = final_norm if layer == n_layers - 1 else blocks[layer]
-        elif kind == "attn.out":
-            mod = get_module(blocks[layer], family.attn)
-        elif kind == "mlp.out":
-            mod = get_module(blocks[layer], family.mlp)
-        else:
-            continue
-        hooks.append(mod.register_forward_hook(keep(site)))
+        if kind in ("resid_post", "attn.out", "mlp.out"):
+            hooks.append(site_module(model, family, blocks, layer, kind).register_forward_hook(keep(site)))
 
     order = sorted(range(len(suffixes)), key=lambda i: len(suffixes[i]))
     got: dict[str, list] = {s: [None] * len(suffixes) for s, _, _ in parsed}
