@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -94,8 +95,13 @@ def test_pretrain_resume_gives_identical_weights(tmp_path):
 
     from iclft.models.pretrain import pretrain
 
-    tiny = dict(steps=6, seq_len=48, batch_size=2, hidden_size=32, intermediate_size=64, num_layers=1,
-                num_heads=2, max_vocab=600, warmup_steps=2, max_shots=6, progress=False)
+    # two LR cycles and a mix switch inside the first, like the shipped recipe; the kill points fall in
+    # each of the three stages
+    stages = [{"steps": 2, "mix": {"sentiment": 1, "repeat": 1}, "lr": 1e-3, "warmup_steps": 1},
+              {"steps": 2, "mix": {"mapping": 1, "lexicon": 1}},
+              {"steps": 2, "mix": {"lexicon": 1, "sentiment": 1}, "lr": 5e-4, "warmup_steps": 1, "p_flipped": 0.5}]
+    tiny = dict(stages=stages, seq_len=48, batch_size=2, hidden_size=32, intermediate_size=64, num_layers=1,
+                num_heads=2, max_vocab=600, max_shots=6, progress=False)
     a = pretrain(tmp_path / "a", seed=3, minutes=5, **tiny)
     b_dir = tmp_path / "b"
     pretrain(b_dir, seed=3, minutes=5, stop_after_steps=2, **tiny)  # "killed" after 2 steps
@@ -108,3 +114,45 @@ def test_pretrain_resume_gives_identical_weights(tmp_path):
         assert torch.equal(wa[k], wb[k]), k
     meta = json.loads((b / "pretrain_meta.json").read_text())
     assert meta["step"] == 6 and meta["complete"]
+
+
+def test_lr_cycles_restart_at_stages_that_set_lr():
+    from iclft.models.pretrain import PretrainConfig, lr_at
+
+    cfg = PretrainConfig(min_lr_ratio=0.1, stages=[
+        {"steps": 10, "mix": {"text": 1}, "lr": 1e-3, "warmup_steps": 2},
+        {"steps": 10, "mix": {"repeat": 1}},
+        {"steps": 5, "mix": {"text": 1}, "lr": 4e-4, "warmup_steps": 1}])
+    assert cfg.steps == 25
+    assert lr_at(cfg, 0) == pytest.approx(5e-4) and lr_at(cfg, 1) == pytest.approx(1e-3)
+    # one cosine over the first two stages (18 steps after warm-up): halfway at step 2 + 9
+    assert lr_at(cfg, 11) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
+    assert lr_at(cfg, 19) < lr_at(cfg, 10) < lr_at(cfg, 9)
+    assert lr_at(cfg, 20) == pytest.approx(4e-4)  # the third stage starts a new cycle
+    assert lr_at(cfg, 24) == pytest.approx(4e-4 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 3 / 4))))
+
+
+def test_lexicon_episodes_use_polar_words_of_the_train_split():
+    from iclft.models.corpus import Corpus, build_tokenizer, polar_words
+
+    polar = polar_words()
+    assert len(polar["positive"]) >= 30 and len(polar["negative"]) >= 30
+    assert not set(polar["positive"]) & set(polar["negative"])
+    corpus = Corpus(build_tokenizer(), [{"steps": 1, "mix": {"lexicon": 1}, "p_default": 1.0, "p_flipped": 0.0}])
+    import random
+
+    for seed in range(5):
+        piece = corpus.lexicon(random.Random(seed))
+        toks = [corpus.tok.id_to_token(i) for i in piece.ids]
+        n = 0
+        for j, is_label in enumerate(piece.is_label):
+            if not is_label:
+                continue
+            # the input words sit between "<word|tweet> :" and the "\n" before "<label|sentiment> :"
+            end = j - 3
+            start = max(i for i in range(end) if toks[i] == ":") + 1
+            words = toks[start:end]
+            assert 1 <= len(words) <= 3 and toks[end] == "\n"
+            assert all(w in polar[toks[j]] for w in words), (words, toks[j])  # default words: label = polarity
+            n += 1
+        assert n >= 2

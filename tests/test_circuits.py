@@ -154,3 +154,18 @@ def test_build_pairs_gives_equal_lengths_and_differing_tokens(tok):
         c, x, right, wrong = pair_ids(b, p, task.train[:2])
         assert len(c) == len(x) and c != x and right != wrong
         assert c[-len(p["prefix"]):] == p["prefix"] if p["prefix"] else True
+
+
+@pytest.mark.parametrize("method", [activation_patching, attribution_patching])
+def test_per_position_rows_do_not_depend_on_batch_size(method):
+    # Pairs whose first differing token sits at different positions: with several batches, every batch
+    # must still produce the same (component, position) rows as one batch over all pairs.
+    model = tiny_model("llama", VOCAB, seed=1)
+    fam = family_for(model.config)
+    pairs = _pairs()
+    batch = make_pairs(pairs, 0)
+    assert len(set(batch.first_diff)) > 1, "fixture must have pairs that differ at different positions"
+    one = method(model, fam, batch, batch_size=len(pairs), per_position=True)
+    many = method(model, fam, batch, batch_size=1, per_position=True)
+    assert one.positions == many.positions
+    np.testing.assert_allclose(many.delta, one.delta, rtol=1e-4, atol=1e-5)

@@ -75,3 +75,17 @@ def test_reproducible_and_loss_on_all_tokens(model):
     assert c.losses[0] != a.losses[0]  # a different target set
     with pytest.raises(ValueError):
         finetune(model, fam, [], spec, seed=0, pad_id=0)
+
+
+def test_epochs_set_the_number_of_steps(model):
+    spec = FinetuneSpec(lr=1e-3, steps=3, epochs=2, batch_size=4)
+    assert spec.steps_for(2) == 3  # the minimum wins for tiny N (2 examples per batch -> 2 steps)
+    assert spec.steps_for(10) == 5  # ceil(2 * 10 / 4)
+    assert FinetuneSpec(steps=7, batch_size=4).steps_for(1000) == 7  # no epochs: a fixed budget
+    exs = _examples()
+    res = finetune(model, family_for(model.config), exs, spec, seed=0, pad_id=0, evaluate=lambda m: {})
+    total = spec.steps_for(len(exs))
+    assert len(res.losses) == total and res.history[-1]["step"] == total
+    # default records: every max(1, total // 8) steps, plus step 0 and the last step
+    every = max(1, total // 8)
+    assert [h["step"] for h in res.history] == sorted({0, *range(every, total + 1, every), total})

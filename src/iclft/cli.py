@@ -136,7 +136,7 @@ def models_eval(
 def pretrain(
     out: Path = typer.Option(..., "--out", help="output directory (rerun to resume)"),
     seed: int = typer.Option(0, "--seed"),
-    minutes: float = typer.Option(70.0, "--minutes", help="minutes; also fixes the step count (70 = builtin)"),
+    minutes: float = typer.Option(90.0, "--minutes", help="wall-clock cap of this invocation (rerun to resume)"),
 ):
     """Reproduce the built-in model from a seed (CPU, resumable)."""
     _setup_logging()

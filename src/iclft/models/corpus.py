@@ -24,6 +24,10 @@ only way to predict a label is to read that episode's demonstrations. Episode ki
   seeds), in few-shot form; the rule is drawn per episode, so it must be inferred from the demos.
 * ``text``       plain tweet text (train split), one tweet per line.
 * ``repeat``     a random word sequence repeated 2-4 times (classic induction-head food).
+* ``lexicon``    sentiment episodes whose inputs are 1-3 strongly polar words of the train split
+  (`polar_words`): the sentiment of a word is in its embedding, so matching a query to the
+  demonstrations with the same sentiment and copying their label is learnable by shallow layers
+  before tweets are understood well (the stage-3 curriculum, see `pretrain.STAGES`).
 
 The instruction line is included in half of the classification episodes (`P_INSTRUCTION`).
 Held out from pretraining for the ability evaluation: the tweet test split, `HELDOUT_PAIRS` (pairs of
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import random
 from collections import Counter
 from collections.abc import Iterable
@@ -77,10 +82,32 @@ MAPPING_TEMPLATES = (
     (SENTIMENT_TEMPLATE, SENTIMENT_INSTRUCTION),
     ("Word: {input}\nLabel:", "Label each word."),
 )
-# Per episode, not per token (a sentiment or implicit episode is ~650 tokens, mapping ~200, repeat ~75).
-DEFAULT_MIX = {"sentiment": 0.5, "mapping": 0.25, "implicit": 0.1, "text": 0.05, "repeat": 0.1}
-# From `PretrainConfig.late_from` of the steps on: more induction food (repeat, mapping), less of the rest.
-DEFAULT_LATE_MIX = {"sentiment": 0.3, "mapping": 0.3, "implicit": 0.05, "text": 0.0, "repeat": 0.35}
+LEXICON_TEMPLATES = ((SENTIMENT_TEMPLATE, SENTIMENT_INSTRUCTION), ("Word: {input}\nLabel:", "Label each word."))
+
+
+@functools.lru_cache(maxsize=2)
+def polar_words(min_count: int = 30, min_log_odds: float = 1.0) -> dict[str, tuple[str, ...]]:
+    """Words of the train-split tweets that lean to one sentiment: |log-odds| >= `min_log_odds`.
+
+    Log-odds of a word's document frequency in positive vs negative tweets (add-one smoothed),
+    alphabetic words seen in >= `min_count` tweets, label-pool words excluded. Deterministic.
+    """
+    train, _ = load_tweets()
+    counts = {lab: Counter() for lab in DEFAULT_LABELS}
+    n = Counter()
+    for ex in train:
+        counts[ex.label].update(set(words_of([ex.input])))
+        n[ex.label] += 1
+    skip = set(LABEL_POOL) | set(DEFAULT_LABELS)
+    out: dict[str, list[str]] = {lab: [] for lab in DEFAULT_LABELS}
+    for w in sorted(set(counts["negative"]) | set(counts["positive"])):
+        a, b = counts["positive"][w], counts["negative"][w]
+        if a + b < min_count or not w.isalpha() or w in skip:
+            continue
+        lo = math.log((a + 1) / (n["positive"] + 1)) - math.log((b + 1) / (n["negative"] + 1))
+        if abs(lo) >= min_log_odds:
+            out["positive" if lo > 0 else "negative"].append(w)
+    return {lab: tuple(ws) for lab, ws in out.items()}
 
 
 def heldout_pair_set() -> set[frozenset[str]]:
@@ -194,9 +221,9 @@ class Piece:
 class Corpus:
     """Draws packed training sequences; `batch(seed, step)` depends on nothing but its arguments."""
 
-    def __init__(self, tokenizer: Tokenizer, seq_len: int = 1024, mix: dict[str, float] | None = None,
-                 max_shots: int = 40, late_mix: dict[str, float] | None = None,
-                 late_from_step: int | None = None):
+    def __init__(self, tokenizer: Tokenizer, stages: list[dict], seq_len: int = 1024, max_shots: int = 40):
+        """`stages`: dicts with `steps`, `mix` (episode-kind weights, per episode) and optionally
+        `p_default` / `p_flipped` (label words of sentiment and lexicon episodes), in order."""
         self.tok = tokenizer
         self.seq_len = seq_len
         self.max_shots = max_shots
@@ -213,12 +240,18 @@ class Corpus:
         vocab = tokenizer.get_vocab()
         self.key_words = sorted(w for w in vocab if w.isalpha() and len(w) > 1 and w not in SPECIAL_TOKENS)
         self.imp = implicit_module()
-        self.late_from_step = late_from_step
-        self.mixes = {}
-        for phase, m in (("early", mix or DEFAULT_MIX), ("late", late_mix or DEFAULT_LATE_MIX)):
-            m = {k: v for k, v in m.items() if v > 0 and (k != "implicit" or self.imp is not None)}
-            self.mixes[phase] = (sorted(m), [m[k] for k in sorted(m)])
-        self.kinds, self.weights = self.mixes["early"]
+        self.polar = polar_words()
+        self.stages = []  # (first step, kinds, weights, p_default, p_flipped)
+        start = 0
+        for st in stages:
+            m = {k: v for k, v in st["mix"].items() if v > 0 and (k != "implicit" or self.imp is not None)}
+            self.stages.append((start, sorted(m), [m[k] for k in sorted(m)],
+                                st.get("p_default", P_DEFAULT), st.get("p_flipped", P_FLIPPED)))
+            start += st["steps"]
+        self._stage = self.stages[0]
+
+    def stage_at(self, step: int) -> tuple:
+        return [s for s in self.stages if s[0] <= step][-1]
 
     # -- encoding helpers
     @functools.lru_cache(maxsize=200_000)  # noqa: B019 (one Corpus per run)
@@ -252,18 +285,21 @@ class Corpus:
             return rng.randint(2, 8)
         return rng.randint(min(9, self.max_shots), self.max_shots)
 
+    def _sentiment_words(self, rng: random.Random) -> dict[str, str]:
+        p_default, p_flipped = self._stage[3], self._stage[4]
+        u = rng.random()
+        if u < p_default:
+            return {"negative": "negative", "positive": "positive"}
+        if u < p_default + p_flipped:
+            return {"negative": "positive", "positive": "negative"}
+        a, b = rng.choice(self.train_pairs)
+        if rng.random() < 0.5:
+            a, b = b, a
+        return {"negative": a, "positive": b}
+
     # -- episode kinds
     def sentiment(self, rng: random.Random) -> Piece:
-        u = rng.random()
-        if u < P_DEFAULT:
-            words = {"negative": "negative", "positive": "positive"}
-        elif u < P_DEFAULT + P_FLIPPED:
-            words = {"negative": "positive", "positive": "negative"}
-        else:
-            a, b = rng.choice(self.train_pairs)
-            if rng.random() < 0.5:
-                a, b = b, a
-            words = {"negative": a, "positive": b}
+        words = self._sentiment_words(rng)
         n = self._n_shots(rng)
         demos: list[tuple[str, str]] = []
         for _ in range(n):
@@ -274,6 +310,16 @@ class Corpus:
             demos.append((rng.choice(self.by_label[gold]), words[gold]))
         instr = SENTIMENT_INSTRUCTION if rng.random() < P_INSTRUCTION else None
         return self._episode(demos, SENTIMENT_TEMPLATE, instr)
+
+    def lexicon(self, rng: random.Random) -> Piece:
+        """Sentiment episodes over 1-3 polar words: shallow semantic induction (see module docstring)."""
+        words = self._sentiment_words(rng)
+        template, instruction = rng.choice(LEXICON_TEMPLATES)
+        demos = []
+        for _ in range(self._n_shots(rng)):
+            gold = rng.choice(DEFAULT_LABELS)
+            demos.append((" ".join(rng.choice(self.polar[gold]) for _ in range(rng.randint(1, 3))), words[gold]))
+        return self._episode(demos, template, instruction if rng.random() < P_INSTRUCTION else None)
 
     def mapping(self, rng: random.Random) -> Piece:
         template, instruction = rng.choice(MAPPING_TEMPLATES)
@@ -322,8 +368,8 @@ class Corpus:
         return Piece(ids, [False] * len(ids))
 
     # -- packing
-    def sequence(self, rng: random.Random, phase: str = "early") -> Piece:
-        kinds, weights = self.mixes[phase]
+    def sequence(self, rng: random.Random) -> Piece:
+        kinds, weights = self._stage[1], self._stage[2]
         ids: list[int] = []
         lab: list[bool] = []
         while len(ids) < self.seq_len:
@@ -337,8 +383,8 @@ class Corpus:
         import torch
 
         rng = random.Random(f"iclft-pretrain/{seed}/{step}")
-        late = self.late_from_step is not None and step >= self.late_from_step
-        seqs = [self.sequence(rng, "late" if late else "early") for _ in range(batch_size)]
+        self._stage = self.stage_at(step)
+        seqs = [self.sequence(rng) for _ in range(batch_size)]
         ids = torch.tensor([s.ids for s in seqs], dtype=torch.long)
         lab = torch.tensor([s.is_label for s in seqs], dtype=torch.bool)
         return ids, lab

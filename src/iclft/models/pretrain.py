@@ -3,13 +3,12 @@
 The result is a plain Hugging Face directory, `DIR/final` (LlamaForCausalLM, safetensors, a
 word-level fast tokenizer), loadable with `AutoModelForCausalLM` / `AutoTokenizer` and no iclft code.
 
-Schedule and budget. The run is defined by `(seed, steps)`: the learning-rate schedule (linear
-warm-up, cosine decay to `min_lr_ratio`) is laid out over `steps` optimizer steps, and batch `i` is a
-pure function of `(seed, i)` (see `corpus.Corpus.batch`). `--minutes M` fixes `steps` when `--steps`
-is not given, as `M * 60 * NOMINAL_TOKENS_PER_S / tokens_per_step` (NOMINAL_TOKENS_PER_S is the
-throughput measured on 2 shared CPU cores), and is also a wall-clock cap on each invocation: when one
-exceeds it, it saves a checkpoint and the current weights to `DIR/final` (marked `"complete": false`
-in `pretrain_meta.json`) and stops, and rerunning the same command continues from the checkpoint.
+Schedule. The run is a list of stages (`STAGES`), each a number of optimizer steps with its own
+episode mix; a stage that sets `lr` starts a new learning-rate cycle (linear warm-up, cosine decay to
+`min_lr_ratio` over that stage and the following ones that do not set `lr`). Batch `i` is a pure
+function of `(seed, i)` (see `corpus.Corpus.batch`). `--minutes M` is a wall-clock cap on each
+invocation: when one exceeds it, it saves a checkpoint and the current weights to `DIR/final`
+(marked `"complete": false` in `pretrain_meta.json`) and stops; rerunning the same command continues.
 Checkpoints (`DIR/checkpoint.pt`: weights, optimizer, step, RNG state, the resolved config) are
 written atomically every `ckpt_every_s` seconds, so a killed run also resumes by rerunning the same
 command; the final weights do not depend on where it was interrupted.
@@ -29,14 +28,27 @@ from pathlib import Path
 # On a shared machine, OpenMP threads that spin-wait for a busy core are ~3x slower than passive ones.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-NOMINAL_TOKENS_PER_S = 2600.0  # measured on the shared 2-core build machine (bf16 autocast, default config)
+# The shipped model's curriculum. Stages 1-2 (one LR cycle): general features -- sentiment with changing label
+# words, mappings, implicit patterns, tweets -- then more induction food (the switch at step 1459 was made
+# mid-run when diagnostics showed no copying yet). The model then copied the label *set* from context but
+# not which label goes with which sentiment, so stage 3 (a new LR cycle) is a semantic-induction
+# curriculum: mostly arbitrary-label sentiment episodes plus `lexicon` episodes over polar words, fewer
+# default labels and more flipped ones, so that the demonstrations rather than the label word decide.
+_MIX_1 = {"sentiment": 0.5, "mapping": 0.25, "implicit": 0.1, "text": 0.05, "repeat": 0.1}
+_MIX_2 = {"sentiment": 0.3, "mapping": 0.3, "implicit": 0.05, "text": 0.0, "repeat": 0.35}
+_MIX_3 = {"sentiment": 0.45, "lexicon": 0.35, "mapping": 0.1, "implicit": 0.05, "repeat": 0.05}
+STAGES: tuple[dict, ...] = (
+    {"steps": 1459, "mix": _MIX_1, "lr": 2e-3, "warmup_steps": 100, "p_default": 0.25, "p_flipped": 0.10},
+    {"steps": 1207, "mix": _MIX_2, "p_default": 0.25, "p_flipped": 0.10},
+    {"steps": 2800, "mix": _MIX_3, "lr": 1.5e-3, "warmup_steps": 50, "p_default": 0.2, "p_flipped": 0.12},
+)
 
 
 @dataclass
 class PretrainConfig:
     seed: int = 0
-    minutes: float = 70.0  # the shipped model: seed 0, 70 minutes -> 2666 steps
-    steps: int | None = None  # None: derived from `minutes` (see module docstring)
+    minutes: float = 90.0  # wall-clock cap per invocation (rerun to resume)
+    stages: list = dataclasses.field(default_factory=lambda: [dict(s) for s in STAGES])
     seq_len: int = 1024
     batch_size: int = 4
     hidden_size: int = 256
@@ -45,35 +57,36 @@ class PretrainConfig:
     num_heads: int = 8
     max_position_embeddings: int = 2048
     max_vocab: int = 5000
-    lr: float = 2e-3
-    warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     label_weight: float = 8.0  # loss weight of answer tokens relative to other tokens
-    mix: dict | None = None  # episode-kind weights; None: corpus.DEFAULT_MIX
-    # episode-kind weights from step round(late_from * steps) on; None: corpus.DEFAULT_LATE_MIX. The shipped
-    # model switched at step 1459 of 2666 (0.5473), when mid-run diagnostics still showed no induction.
-    late_mix: dict | None = None
-    late_from: float | None = 0.5473
     max_shots: int = 40
     ckpt_every_s: float = 180.0
     threads: int = 2
     bf16: bool = True  # autocast matmuls to bfloat16 (weights and optimizer stay fp32)
     stop_after_steps: int | None = None  # stop (with checkpoint) after this many steps this call; tests
 
-    def resolved_steps(self) -> int:
-        if self.steps is not None:
-            return int(self.steps)
-        return max(1, int(self.minutes * 60 * NOMINAL_TOKENS_PER_S / (self.seq_len * self.batch_size)))
+    @property
+    def steps(self) -> int:
+        return sum(int(st["steps"]) for st in self.stages)
 
 
-def lr_at(cfg: PretrainConfig, step: int, total: int) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    frac = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+def lr_at(cfg: PretrainConfig, step: int) -> float:
+    """Warm-up then cosine within the LR cycle containing `step` (a cycle starts at a stage with `lr`)."""
+    cycles, start = [], 0
+    for st in cfg.stages:
+        if "lr" in st or not cycles:
+            cycles.append([start, 0, st["lr"], st.get("warmup_steps", 0)])
+        cycles[-1][1] += int(st["steps"])
+        start += int(st["steps"])
+    c0, length, lr, warmup = [c for c in cycles if c[0] <= step][-1]
+    s = step - c0
+    if s < warmup:
+        return lr * (s + 1) / warmup
+    frac = (s - warmup) / max(1, length - warmup)
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+    return lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
 def build_model(cfg: PretrainConfig, tokenizer):
@@ -136,7 +149,7 @@ def weighted_loss(logits, ids, is_label, label_weight: float):
     return (nll * w).sum() / w.sum(), nll.detach(), w
 
 
-def pretrain(out: Path, seed: int = 0, minutes: float = 70.0, progress: bool = True, **overrides) -> Path:
+def pretrain(out: Path, seed: int = 0, minutes: float = 90.0, progress: bool = True, **overrides) -> Path:
     """Pretrain (or resume) into `out`; returns `out/final`, the HF model directory.
 
     `overrides` are `PretrainConfig` fields. A checkpoint in `out` is resumed with *its* config
@@ -160,21 +173,18 @@ def pretrain(out: Path, seed: int = 0, minutes: float = 70.0, progress: bool = T
             saved[k] = getattr(cfg, k)
         cfg = PretrainConfig(**saved)
     torch.set_num_threads(cfg.threads)
-    total = cfg.resolved_steps()
-    cfg.steps = total
+    total = cfg.steps
 
     tok = build_tokenizer(max_vocab=cfg.max_vocab)
     if not (tok_dir / "tokenizer.json").exists():
         save_tokenizer(tok, tok_dir)
-    late_step = None if cfg.late_from is None else round(cfg.late_from * total)
-    corpus = Corpus(tok, seq_len=cfg.seq_len, mix=cfg.mix, max_shots=cfg.max_shots, late_mix=cfg.late_mix,
-                    late_from_step=late_step)
+    corpus = Corpus(tok, cfg.stages, seq_len=cfg.seq_len, max_shots=cfg.max_shots)
     model = build_model(cfg, tok)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8,
+        lr=lr_at(cfg, 0), betas=(0.9, 0.95), eps=1e-8,
     )
     step, tokens, elapsed_prev = 0, 0, 0.0
     if state is not None:
@@ -210,7 +220,7 @@ def pretrain(out: Path, seed: int = 0, minutes: float = 70.0, progress: bool = T
     while step < total:
         ids, is_label = corpus.batch(cfg.seed, step, cfg.batch_size)
         for g in opt.param_groups:
-            g["lr"] = lr_at(cfg, step, total)
+            g["lr"] = lr_at(cfg, step)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             logits = model(input_ids=ids).logits
         loss, nll, w = weighted_loss(logits, ids, is_label, cfg.label_weight)
@@ -224,11 +234,12 @@ def pretrain(out: Path, seed: int = 0, minutes: float = 70.0, progress: bool = T
         tokens_this += ids.numel()
         lab = is_label[:, 1:]
         lab_loss = float(nll[lab].mean()) if lab.any() else float("nan")
-        ema = float(loss) if ema is None else 0.95 * ema + 0.05 * float(loss)
+        lv = float(loss.detach())
+        ema = lv if ema is None else 0.95 * ema + 0.05 * lv
         bar.update(1)
         bar.set_postfix(loss=f"{ema:.3f}", label_nll=f"{lab_loss:.3f}",
                         tok_s=f"{tokens_this / (time.time() - t0):.0f}",
-                        lr=f"{lr_at(cfg, step - 1, total):.2e}")
+                        lr=f"{lr_at(cfg, step - 1):.2e}")
         now = time.time()
         over_time = now - t0 > cfg.minutes * 60 if cfg.minutes else False  # this invocation's budget
         stop_here = cfg.stop_after_steps is not None and steps_this >= cfg.stop_after_steps
@@ -283,8 +294,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--minutes", type=float, default=70.0)
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--minutes", type=float, default=90.0, help="wall-clock cap per invocation")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a PretrainConfig field (JSON value), e.g. --set lr=0.001")
     a = p.parse_args(argv)
@@ -295,8 +305,6 @@ def main(argv: list[str] | None = None) -> None:
             overrides[k] = json.loads(v)
         except json.JSONDecodeError:
             overrides[k] = v
-    if a.steps is not None:
-        overrides["steps"] = a.steps
     final = pretrain(a.out, seed=a.seed, minutes=a.minutes, **overrides)
     print(final)
 

@@ -12,9 +12,9 @@ for closed answer sets, greedy decoding up to the separator for numbers. Every f
 rule (`DEFAULT_RULE`), so zero-shot is a real baseline.
 
 Cost choices (the default aims at ~30 min on 2 CPU cores for the 4-layer built-in model): 20 test items
-per variant; fine-tuning with a fixed budget of 20 steps of 8 examples whatever N is (so N = 16 sees each
-item 10 times and N = 1024 sees 160 of its items once: N measures the diversity of the data under a fixed
-compute budget); loss and accuracy every 5 steps, on the first 10 test items per variant; 6 patching pairs
+per variant; fine-tuning on minibatches of 8 for 2 epochs over the N samples, at least 20 steps (N = 16, 64:
+20 steps; 256: 64; 1024: 256), so every sample is seen and larger N also means more compute, as in the
+paper; loss and accuracy 8 times per run, on the first 10 test items per variant; 6 patching pairs
 per family and seed, ICL circuits with 4 demonstrations, FT circuits on full fine-tuning with the largest N.
 """
 
@@ -56,9 +56,9 @@ class ImplicitSpec(RunSpec):
     k_values: list[int] = Field([0, 1, 2, 4, 8, 16], description="ICL numbers of demonstrations")
     ft_sizes: list[int] = Field([16, 64, 256, 1024], description="FT numbers of training samples N")
     ft_methods: list[str] = Field(["full", "lora"], description="fine-tuning methods")
-    full: FinetuneSpec = Field(default_factory=lambda: FinetuneSpec(method="full", lr=3e-4, steps=20, eval_every=5),
+    full: FinetuneSpec = Field(default_factory=lambda: FinetuneSpec(method="full", lr=3e-4, steps=20, epochs=2),
                                description="full fine-tuning")
-    lora: FinetuneSpec = Field(default_factory=lambda: FinetuneSpec(method="lora", lr=3e-3, steps=20, eval_every=5),
+    lora: FinetuneSpec = Field(default_factory=lambda: FinetuneSpec(method="lora", lr=3e-3, steps=20, epochs=2),
                                description="LoRA fine-tuning")
     curve_eval: int = Field(10, ge=1, description="test items per variant scored during fine-tuning")
     instruction: bool = Field(True, description="prepend the task instruction to every prompt")

@@ -3,9 +3,11 @@
 `finetune(model, family, examples, spec, seed, pad_id, evaluate)` trains a deep copy of `model` (full:
 every weight; LoRA: PEFT adapters on the copy, merged into it afterwards, so the result is a plain model of
 the same architecture that every hook and capture path understands) with AdamW and a constant-with-warmup
-schedule, on minibatches drawn epoch by epoch in a seeded order. Loss on the answer tokens (default) or on
-all tokens. Every `eval_every` steps (and at steps 0 and `steps`) `evaluate(model)` is called and its dict
-is recorded together with the mean training loss since the last record.
+schedule, on minibatches drawn epoch by epoch in a seeded order, for `spec.steps_for(N)` steps (a fixed
+budget, or with `epochs` at least that many passes over the N examples). Loss on the answer tokens (default)
+or on all tokens. Every `eval_every` steps (default: 8 records per run; also at step 0 and the last step)
+`evaluate(model)` is called and its dict is recorded together with the mean training loss since the last
+record.
 """
 
 from __future__ import annotations
@@ -28,17 +30,30 @@ class FinetuneSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: Literal["full", "lora"] = Field("full", description="full fine-tuning or LoRA")
-    steps: int = Field(24, ge=1, description="optimizer steps (fixed budget, whatever N is)")
+    steps: int = Field(24, ge=1, description="optimizer steps; with `epochs`, the minimum number of steps")
+    epochs: float | None = Field(None, gt=0, description="train for at least this many passes over the N examples "
+                                 "(None: exactly `steps` steps whatever N is)")
     batch_size: int = Field(8, ge=1, description="examples per step (all of them when N is smaller)")
     lr: float = Field(3e-4, gt=0, description="AdamW peak learning rate")
     warmup_steps: int = Field(4, ge=0, description="linear warmup, then constant")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     grad_clip: float | None = Field(1.0, description="max gradient norm (None: no clipping)")
     loss_on: Literal["answer", "all"] = Field("answer", description="loss on the answer tokens or all tokens")
-    eval_every: int = Field(8, ge=1, description="record loss and accuracy every this many steps")
+    eval_every: int | None = Field(None, ge=1, description="record loss and accuracy every this many steps "
+                                   "(None: 8 records per run)")
     lora_r: int = Field(8, ge=1, description="LoRA rank")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha (scale = alpha / r)")
     lora_targets: list[str] | None = Field(None, description="LoRA module-name suffixes; default: the family's")
+
+
+    def steps_for(self, n: int) -> int:
+        """Optimizer steps for N training examples."""
+        if self.epochs is None:
+            return self.steps
+        return max(self.steps, math.ceil(self.epochs * n / min(self.batch_size, n)))
+
+    def eval_every_for(self, n: int) -> int:
+        return self.eval_every or max(1, self.steps_for(n) // 8)
 
 
 @dataclass
@@ -137,7 +152,8 @@ def finetune(
 
     record(0, [])
     since: list[float] = []
-    for step in range(1, spec.steps + 1):
+    total, every = spec.steps_for(len(examples)), spec.eval_every_for(len(examples))
+    for step in range(1, total + 1):
         if len(order) < bs:  # a fresh seeded permutation each epoch
             order += torch.randperm(len(examples), generator=g).tolist()
         idx, order = order[:bs], order[bs:]
@@ -154,7 +170,7 @@ def finetune(
         sched.step()
         result.losses.append(float(loss.item()))
         since.append(result.losses[-1])
-        if step % spec.eval_every == 0 or step == spec.steps:
+        if step % every == 0 or step == total:
             record(step, since)
             since = []
     for p in params:
