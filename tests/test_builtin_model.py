@@ -95,12 +95,13 @@ def test_pretrain_resume_gives_identical_weights(tmp_path):
 
     from iclft.models.pretrain import pretrain
 
-    # two LR cycles and a mix switch inside the first, like the shipped recipe; the kill points fall in
-    # each of the three stages
+    # two LR cycles and a mix switch inside the first, like the shipped recipe, and head supervision in the
+    # last stage; the kill points fall in each of the three stages
     stages = [{"steps": 2, "mix": {"sentiment": 1, "repeat": 1}, "lr": 1e-3, "warmup_steps": 1},
               {"steps": 2, "mix": {"mapping": 1, "lexicon": 1}},
-              {"steps": 2, "mix": {"lexicon": 1, "sentiment": 1}, "lr": 5e-4, "warmup_steps": 1, "p_flipped": 0.5}]
-    tiny = dict(stages=stages, seq_len=48, batch_size=2, hidden_size=32, intermediate_size=64, num_layers=1,
+              {"steps": 2, "mix": {"lexicon": 1, "sentiment": 1}, "lr": 5e-4, "warmup_steps": 1, "p_flipped": 0.5,
+               "aux": 0.5, "copy": 0.5, "label": 1.0}]
+    tiny = dict(stages=stages, seq_len=48, batch_size=2, hidden_size=32, intermediate_size=64, num_layers=4,
                 num_heads=2, max_vocab=600, max_shots=6, progress=False)
     a = pretrain(tmp_path / "a", seed=3, minutes=5, **tiny)
     b_dir = tmp_path / "b"
@@ -156,3 +157,76 @@ def test_lexicon_episodes_use_polar_words_of_the_train_split():
             assert all(w in polar[toks[j]] for w in words), (words, toks[j])  # default words: label = polarity
             n += 1
         assert n >= 2
+
+
+def test_head_attention_matches_the_model_and_induction_targets():
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from iclft.models.supervision import attention_aux_loss, head_attention, induction_targets
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    cfg._attn_implementation = "eager"
+    model = LlamaForCausalLM(cfg).eval()
+    got = {}
+    attn = model.model.layers[1].self_attn
+    attn.register_forward_pre_hook(
+        lambda m, a, kw: got.update(h=kw["hidden_states"], pe=kw["position_embeddings"]), with_kwargs=True)
+    ids = torch.randint(0, 50, (2, 12))
+    with torch.no_grad():
+        ref = model(input_ids=ids, output_attentions=True).attentions[1][:, 2]
+        mine = head_attention(attn, got["h"], got["pe"], head=2)
+    torch.testing.assert_close(mine, ref.float(), atol=1e-5, rtol=1e-4)
+
+    # "a b c a b": the second a (t=3) -> the b after the first a (1); the second b (t=4) -> c (2)
+    tgt = induction_targets(torch.tensor([[1, 2, 3, 1, 2]]))[0]
+    assert tgt.nonzero().tolist() == [[3, 1], [4, 2]]
+    # perfect heads have zero loss, uniform ones do not
+    t = 5
+    prev = torch.zeros(1, t, t)
+    prev[0, 0, 0] = 1
+    for i in range(1, t):
+        prev[0, i, i - 1] = 1
+    ind = torch.zeros(1, t, t)
+    ind[0, 3, 1] = ind[0, 4, 2] = 1
+    lp, li = attention_aux_loss(prev, ind, torch.tensor([[1, 2, 3, 1, 2]]))
+    assert float(lp) < 1e-4 and float(li) < 1e-4
+    uni = torch.ones(1, t, t).tril() / torch.arange(1, t + 1)[None, :, None]
+    lp, li = attention_aux_loss(uni, uni, torch.tensor([[1, 2, 3, 1, 2]]))
+    assert float(lp) > 0.5 and float(li) > 0.5
+
+
+def test_copy_aux_loss_rewards_copying_the_attended_token():
+    import torch
+
+    from iclft.models.supervision import copy_aux_loss
+
+    ids = torch.tensor([[5, 6, 7, 5, 6, 7]])  # positions 3, 4 predict 6, 7 by copying
+    unembed = torch.eye(10)
+    copying = torch.zeros(1, 6, 10)
+    copying[0, 3, 6] = copying[0, 4, 7] = 20.0
+    wrong = torch.zeros(1, 6, 10)
+    wrong[0, 3, 1] = wrong[0, 4, 1] = 20.0
+    assert float(copy_aux_loss(copying, unembed, ids)) < 1e-6
+    assert float(copy_aux_loss(wrong, unembed, ids)) > 10
+    # nothing repeats: no position qualifies, the loss is 0 (and still differentiable)
+    assert float(copy_aux_loss(wrong, unembed, torch.tensor([[1, 2, 3, 4, 5, 6]]))) == 0.0
+
+
+def test_label_targets_point_at_earlier_demonstrations_with_the_same_answer():
+    import torch
+
+    from iclft.models.supervision import label_targets, target_mass_loss
+
+    B = 9  # <bos>
+    # episode 1: "x A y B x A" (A, B answers), then a new episode "<bos> y A" whose A must not see episode 1
+    ids = torch.tensor([[B, 10, 1, 11, 2, 10, 1, B, 11, 1]])
+    is_label = torch.tensor([[0, 0, 1, 0, 1, 0, 1, 0, 0, 1]], dtype=torch.bool)
+    tgt = label_targets(ids, is_label, B)[0]
+    # before the answer at 6 (position 5) -> the earlier answer "1" at 2; nothing else anywhere
+    assert tgt.nonzero().tolist() == [[5, 2]]
+    probs = torch.zeros(1, 10, 10)
+    probs[0, 5, 2] = 1.0
+    assert float(target_mass_loss(probs, tgt[None])) < 1e-4

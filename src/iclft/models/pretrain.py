@@ -31,16 +31,28 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # The shipped model's curriculum. Stages 1-2 (one LR cycle): general features -- sentiment with changing label
 # words, mappings, implicit patterns, tweets -- then more induction food (the switch at step 1459 was made
 # mid-run when diagnostics showed no copying yet). The model then copied the label *set* from context but
-# not which label goes with which sentiment, so stage 3 (a new LR cycle) is a semantic-induction
-# curriculum: mostly arbitrary-label sentiment episodes plus `lexicon` episodes over polar words, fewer
-# default labels and more flipped ones, so that the demonstrations rather than the label word decide.
+# neither plain repeated sequences nor which label goes with which sentiment: induction heads had not formed
+# (nor did they in 900 more steps of 75% repeated sequences). Stage 3 (a new LR cycle) supervises one
+# previous-token and one induction head (`aux`, see `attention_aux_loss`) on an ICL-heavy mix: mostly
+# arbitrary-label sentiment plus `lexicon` episodes over polar words, fewer default labels and more flipped
+# ones, so that the demonstrations rather than the label word decide. The heads then attended as told, but
+# 665 steps in the induction head's output still did not copy (the LM loss had not shaped its OV), so stage
+# 4 (same LR cycle, the split made mid-run) also trains its OV to copy (`copy`, see `copy_aux_loss`). Copying
+# then began (10% of repeated words) but sentiment labels were still not matched to the query, so stage 5
+# (same cycle, split mid-run) and stage 6 (a new cycle) also supervise a layer-3 head, before every answer,
+# to attend to the earlier demonstrations with the same answer and copy it (`label`, see `label_targets`).
 _MIX_1 = {"sentiment": 0.5, "mapping": 0.25, "implicit": 0.1, "text": 0.05, "repeat": 0.1}
 _MIX_2 = {"sentiment": 0.3, "mapping": 0.3, "implicit": 0.05, "text": 0.0, "repeat": 0.35}
-_MIX_3 = {"sentiment": 0.45, "lexicon": 0.35, "mapping": 0.1, "implicit": 0.05, "repeat": 0.05}
+_MIX_3 = {"sentiment": 0.4, "lexicon": 0.25, "mapping": 0.15, "implicit": 0.05, "repeat": 0.15}
 STAGES: tuple[dict, ...] = (
     {"steps": 1459, "mix": _MIX_1, "lr": 2e-3, "warmup_steps": 100, "p_default": 0.25, "p_flipped": 0.10},
     {"steps": 1207, "mix": _MIX_2, "p_default": 0.25, "p_flipped": 0.10},
-    {"steps": 2800, "mix": _MIX_3, "lr": 1.5e-3, "warmup_steps": 50, "p_default": 0.2, "p_flipped": 0.12},
+    {"steps": 665, "mix": _MIX_3, "lr": 2e-3, "warmup_steps": 50, "p_default": 0.2, "p_flipped": 0.12,
+     "aux": 0.5},
+    {"steps": 578, "mix": _MIX_3, "p_default": 0.2, "p_flipped": 0.12, "aux": 0.5, "copy": 0.5},
+    {"steps": 557, "mix": _MIX_3, "p_default": 0.2, "p_flipped": 0.12, "aux": 0.5, "copy": 0.5, "label": 1.0},
+    {"steps": 700, "mix": _MIX_3, "lr": 1e-3, "warmup_steps": 30, "p_default": 0.2, "p_flipped": 0.12, "aux": 0.5,
+     "copy": 0.5, "label": 1.0},
 )
 
 
@@ -70,6 +82,15 @@ class PretrainConfig:
     @property
     def steps(self) -> int:
         return sum(int(st["steps"]) for st in self.stages)
+
+
+def stage_of(cfg: PretrainConfig, step: int) -> dict:
+    start = 0
+    for st in cfg.stages:
+        start += int(st["steps"])
+        if step < start:
+            return st
+    return cfg.stages[-1]
 
 
 def lr_at(cfg: PretrainConfig, step: int) -> float:
@@ -159,6 +180,7 @@ def pretrain(out: Path, seed: int = 0, minutes: float = 90.0, progress: bool = T
     from tqdm import tqdm
 
     from iclft.models.corpus import Corpus, build_tokenizer, save_tokenizer
+    from iclft.models.supervision import HeadSupervisor
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -217,13 +239,17 @@ def pretrain(out: Path, seed: int = 0, minutes: float = 90.0, progress: bool = T
                dynamic_ncols=True, mininterval=5.0)
     ema = None
     stopped = False
+    sup = HeadSupervisor(model, tok.token_to_id("<bos>"))
     while step < total:
         ids, is_label = corpus.batch(cfg.seed, step, cfg.batch_size)
+        stage = stage_of(cfg, step)
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
             logits = model(input_ids=ids).logits
+            sup.attend(stage)
         loss, nll, w = weighted_loss(logits, ids, is_label, cfg.label_weight)
+        loss = sup.loss(loss, ids, is_label, stage)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -238,6 +264,7 @@ def pretrain(out: Path, seed: int = 0, minutes: float = 90.0, progress: bool = T
         ema = lv if ema is None else 0.95 * ema + 0.05 * lv
         bar.update(1)
         bar.set_postfix(loss=f"{ema:.3f}", label_nll=f"{lab_loss:.3f}",
+                        **{f"sup_{k}": f"{v:.2f}" for k, v in sup.last.items()},
                         tok_s=f"{tokens_this / (time.time() - t0):.0f}",
                         lr=f"{lr_at(cfg, step - 1):.2e}")
         now = time.time()
