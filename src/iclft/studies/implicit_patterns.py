@@ -11,7 +11,8 @@ Accuracy is exact match of the normalised answer: label scoring (first-token arg
 for closed answer sets, greedy decoding up to the separator for numbers. Every family uses its held-out
 rule (`DEFAULT_RULE`), so zero-shot is a real baseline.
 
-Cost choices (the default aims at ~30 min on 2 CPU cores for the 4-layer built-in model): 20 test items
+Cost choices (the default, 6 families x 5 seeds = 120 units, took 70 min on 2 CPU cores with the built-in
+model): 20 test items
 per variant; fine-tuning on minibatches of 8 for 2 epochs over the N samples, at least 20 steps (N = 16, 64:
 20 steps; 256: 64; 1024: 256), so every sample is seen and larger N also means more compute, as in the
 paper; loss and accuracy 8 times per run, on the first 10 test items per variant; 6 patching pairs
