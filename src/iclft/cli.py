@@ -48,6 +48,8 @@ def run(
     out: Path = typer.Option(..., "--out", help="run directory (rerun the same command to resume)"),
     spec: Path | None = typer.Option(None, "--spec", help="YAML spec; fields override the defaults"),
     quick: bool = typer.Option(False, "--quick", help="tiny preset (a minute or two) for tests and CI"),
+    preset: str = typer.Option("default", "--preset", help="default (laptop-sized) | paper (the papers' scale) | "
+                               "quick (same as --quick)"),
     model: str | None = typer.Option(None, "--model", help="'builtin', a hub id or a local path"),
     seeds: int | None = typer.Option(None, "--seeds", help="number of seeds"),
     pad_token: str | None = typer.Option(None, "--pad-token", help="pad token if the tokenizer lacks one"),
@@ -57,25 +59,30 @@ def run(
     if study not in STUDIES:
         raise UserError(f"unknown study {study!r}; choose one of {', '.join(STUDIES)}")
     overrides = dict(model=model, seeds=seeds, pad_token=pad_token)
+    from iclft.studies import PRESETS, REGISTRY
+
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    preset = "quick" if quick else preset
     if study == "all":
         from iclft.report.index import write_index
-        from iclft.studies import REGISTRY
 
-        paths = {name: _run_one(name, out / name, spec, quick, overrides, section=name) for name in REGISTRY}
+        # every study's spec is checked before the first unit of any study runs
+        specs = {name: _spec(name, spec, preset, overrides, section=name) for name in REGISTRY}
+        paths = {name: REGISTRY[name][2](specs[name], out / name) for name in REGISTRY}
         index = write_index(out, paths)
         typer.echo(f"report: {index}")
         return
-    path = _run_one(study, out, spec, quick, overrides)
+    path = REGISTRY[study][2](_spec(study, spec, preset, overrides), out)
     typer.echo(f"report: {path / 'report.html'}")
 
 
-def _run_one(study: str, out: Path, spec_path, quick: bool, overrides: dict, section: str | None = None) -> Path:
+def _spec(study: str, spec_path, preset: str, overrides: dict, section: str | None = None):
     from iclft.studies import REGISTRY
     from iclft.studies.common import load_spec
 
-    spec_cls, quick_preset, run_fn = REGISTRY[study]
-    spec = load_spec(spec_cls, spec_path, overrides, preset=quick_preset if quick else None, section=section)
-    return run_fn(spec, out)
+    spec_cls, presets, _ = REGISTRY[study]
+    return load_spec(spec_cls, spec_path, overrides, preset=presets.get(preset), section=section)
 
 
 @app.command()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -108,3 +110,204 @@ def paired_test(a: Any, b: Any) -> dict[str, float | int]:
     out.update(t=float(tt.statistic), t_p=float(tt.pvalue),
                wilcoxon_stat=float(wx.statistic), wilcoxon_p=float(wx.pvalue))
     return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Intervals that respect the quantity. `QUANTITIES` is the one place that decides which interval a metric gets;
+# METRICS.md's aggregation (one number per seed, then across seeds) stays the formula for the point estimate.
+
+@dataclass(frozen=True)
+class Quantity:
+    """What a metric is, for its interval: its range and the interval method.
+
+    method:
+    - "wilson": a proportion of trials. Wilson score interval on the pooled count, with the effective sample size
+      of clustered data (trials within a seed share demonstrations): n_eff = p(1-p) / var, var the larger of the
+      binomial and the between-seed (ratio-estimator) variance, and the t quantile with n_seeds - 1 degrees of
+      freedom (Korn & Graubard 1998). Inside [0, 1] at every n; never zero-width merely because seeds agree.
+    - "fisher_z": a correlation computed per seed. Per-seed r -> z = atanh(r), t-interval across seeds on the z
+      scale, back through tanh; the point estimate is tanh(mean z) (the usual way to average correlations).
+    - "t": mean with a Student-t interval across seeds, intersected with the range. Intersecting a confidence set
+      with the known parameter space keeps its coverage, unlike a percentile bootstrap at 2-5 seeds (~50-85%).
+    """
+
+    low: float
+    high: float
+    method: str
+    about: str
+
+
+PROPORTION = Quantity(0.0, 1.0, "wilson", "proportion of trials")
+COSINE = Quantity(-1.0, 1.0, "t", "cosine similarity")
+CORRELATION = Quantity(-1.0, 1.0, "fisher_z", "correlation per seed")
+MEAN_TAU = Quantity(-1.0, 1.0, "t", "rank correlation averaged over queries")
+UNIT = Quantity(0.0, 1.0, "t", "quantity in [0, 1]")
+DISTANCE = Quantity(0.0, 2.0, "t", "cosine distance 1 - cos")
+DIFF_PROPORTION = Quantity(-1.0, 1.0, "t", "difference of two proportions")
+POSITIVE = Quantity(0.0, math.inf, "t", "positive quantity")
+REAL = Quantity(-math.inf, math.inf, "t", "unbounded quantity")
+
+QUANTITIES: dict[str, Quantity] = {
+    # convergence
+    **{k: COSINE for k in ("s_anchor_icl", "s_anchor_it", "s_icl_it", "s_icl_sl", "d_icl_it", "d_icl_sl",
+                           "demo_query_sim")},
+    "pearson_r": CORRELATION, "spearman_rho": CORRELATION, "fisher_z": REAL,
+    # dual view
+    **{k: COSINE for k in ("simaou", "simaou_random", "simam_before", "simam_after")},
+    "kendall": MEAN_TAU, "kendall_random": MEAN_TAU,
+    "rec2ftp": PROPORTION, "accuracy": PROPORTION,
+    # implicit patterns
+    "shift_cosine": DISTANCE, "shift_jaccard": UNIT, "patching_spearman": MEAN_TAU, "speedup": POSITIVE,
+    "acc_diff": DIFF_PROPORTION, "loss": POSITIVE,
+}
+
+
+def quantity(metric: str) -> Quantity:
+    """The quantity of a metric name; accuracies (`acc`, `acc_*`) are proportions."""
+    if metric in QUANTITIES:
+        return QUANTITIES[metric]
+    if metric == "acc" or metric.startswith("acc_"):
+        return PROPORTION
+    raise KeyError(f"no interval rule for metric {metric!r}; add it to iclft.metrics.stats.QUANTITIES")
+
+
+def interval(values: Any, metric: str, trials: Any = None, confidence: float = 0.95) -> dict:
+    """Point estimate and 95% interval of a metric from one value per seed, by the metric's `Quantity`.
+
+    `trials` (proportions only): trials behind each seed's proportion (a number or one per seed). Returns
+    `mean`, `ci_low`, `ci_high`, `n` (seeds), `sd`, `method`, `range` ([low, high], None if unbounded) and
+    `per_seed` (the values, NaN kept).
+    """
+    q = quantity(metric)
+    raw = to_float64(values).ravel()
+    keep = ~np.isnan(raw)
+    x = raw[keep]
+    n = int(x.size)
+    out = {"mean": NAN, "ci_low": NAN, "ci_high": NAN, "n": n, "sd": NAN, "method": q.method,
+           "range": [v if math.isfinite(v) else None for v in (q.low, q.high)], "per_seed": [float(v) for v in raw]}
+    if n == 0:
+        return out
+    out["sd"] = float(np.std(x, ddof=1)) if n > 1 else NAN
+    if q.method == "wilson":
+        m = np.broadcast_to(to_float64(1.0 if trials is None else trials), raw.shape)[keep]
+        out.update(_wilson_clustered(x * m, m, confidence))
+    elif q.method == "fisher_z":
+        z = np.arctanh(np.clip(x, -1 + 1e-9, 1 - 1e-9))
+        t = t_interval(z, confidence)
+        out.update(mean=float(np.tanh(t["mean"])), ci_low=float(np.tanh(t["ci_low"])),
+                   ci_high=float(np.tanh(t["ci_high"])))
+    else:
+        t = t_interval(x, confidence)
+        out.update(mean=t["mean"], ci_low=_clip(t["ci_low"], q), ci_high=_clip(t["ci_high"], q))
+    return out
+
+
+def _clip(v: float, q: Quantity) -> float:
+    return v if v != v else float(min(max(v, q.low), q.high))
+
+
+def _wilson_clustered(successes: np.ndarray, trials: np.ndarray, confidence: float) -> dict:
+    n_seeds, total = successes.size, float(trials.sum())
+    if total <= 0:
+        return {}
+    p = float(successes.sum()) / total
+    var = p * (1 - p) / total  # binomial
+    if n_seeds > 1:  # between-seed variance of the ratio estimator
+        var = max(var, n_seeds / (n_seeds - 1) * float(np.sum((successes - p * trials) ** 2)) / total**2)
+    n_eff = p * (1 - p) / var if var > 0 else total
+    df = n_seeds - 1
+    z = float(stats.t.ppf((1 + confidence) / 2, df)) if df >= 1 else float(stats.norm.ppf((1 + confidence) / 2))
+    z2 = z * z
+    centre = (p + z2 / (2 * n_eff)) / (1 + z2 / n_eff)
+    half = z / (1 + z2 / n_eff) * math.sqrt(p * (1 - p) / n_eff + z2 / (4 * n_eff**2))
+    # Wilson's interval holds p; min/max only absorb rounding at p = 0 or 1
+    return {"mean": p, "ci_low": max(0.0, min(p, centre - half)), "ci_high": min(1.0, max(p, centre + half))}
+
+
+def layer_intervals(matrix: Any, metric: str, confidence: float = 0.95) -> dict[str, list]:
+    """`interval` for each column of an (n_seeds, n_layers) matrix: lists `mean`, `ci_low`, `ci_high`, `sd`, `n`."""
+    m = to_float64(matrix)
+    if m.ndim != 2:
+        raise ValueError(f"expected shape (n_seeds, n_layers), got {m.shape}")
+    cols = [interval(m[:, j], metric, confidence=confidence) for j in range(m.shape[1])]
+    return {key: [c[key] for c in cols] for key in ("mean", "ci_low", "ci_high", "sd", "n")}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Verdicts only when the data can carry them.
+
+MIN_SEEDS = 5  # below this a comparison says "too few seeds to tell" (Wilcoxon cannot reach p < .05 below 6)
+ALPHA = 0.05
+REPRODUCED, NOT_REPRODUCED, TOO_FEW = "reproduced", "not reproduced", "too few seeds to tell"
+
+
+def compare(a: Any, b: Any, metric: str) -> dict:
+    """Paired comparison a - b across seeds (b may be a constant, e.g. 0): the effect first, tests second.
+
+    Returns `diff` (mean difference with its interval, the range being that of a difference of `metric`),
+    `dz` (standardised effect: mean / sd of the differences), the paired t and Wilcoxon p-values (`paired_test`)
+    and `n`. `metric` names the compared quantity (its range bounds the difference's interval).
+    """
+    a = to_float64(a).ravel()
+    b = np.broadcast_to(to_float64(b), a.shape)
+    pt = paired_test(a, b)
+    q = quantity(metric)
+    span = q.high - q.low
+    d = a - b
+    d = d[~np.isnan(d)]
+    t = t_interval(d)
+    diff = {**t, "ci_low": _clip(t["ci_low"], Quantity(-span, span, "t", "")),
+            "ci_high": _clip(t["ci_high"], Quantity(-span, span, "t", "")), "method": "t",
+            "per_seed": [float(v) for v in d]}
+    dz = t["mean"] / t["sd"] if t["n"] > 1 and t["sd"] > 0 else NAN
+    return {"diff": diff, "dz": float(dz), "scale": metric, **pt}
+
+
+def holm(pvalues: dict[str, float]) -> dict[str, float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone); NaN p-values are left out and stay NaN."""
+    items = sorted(((p, k) for k, p in pvalues.items() if p == p), key=lambda x: x[0])
+    m, running, out = len(items), 0.0, {k: NAN for k in pvalues}
+    for i, (p, k) in enumerate(items):
+        running = max(running, min(1.0, (m - i) * p))
+        out[k] = running
+    return out
+
+
+def verdict(test: dict, p_adjusted: float | None, direction: int = 1) -> str:
+    """Reproduced when the claimed direction holds: the difference's interval excludes 0 on the claimed side and
+    the (multiplicity-adjusted) p < ALPHA. Too few seeds or zero variance: no verdict either way."""
+    d = test["diff"]
+    if d["n"] < MIN_SEEDS or not d["sd"] > 0:
+        return TOO_FEW
+    side = d["ci_low"] > 0 if direction > 0 else d["ci_high"] < 0
+    p = test["t_p"] if p_adjusted is None else p_adjusted
+    return REPRODUCED if side and p == p and p < ALPHA else NOT_REPRODUCED
+
+
+def headline(claim: str, metric: str, value: dict, paper: str, test: dict | None = None, direction: int = 1,
+             threshold: float | None = None) -> dict:
+    """One headline finding of a study: the claim a paper makes, this run's value, the paper's value and the test
+    behind the verdict (filled in by `judge`). With no test, the claim is `value > threshold` read off the
+    interval (used where the paper states a level, not a comparison)."""
+    return {"claim": claim, "metric": metric, "value": value, "paper": paper, "test": test, "direction": direction,
+            "threshold": threshold}
+
+
+def judge(headlines: list[dict]) -> list[dict]:
+    """Holm-adjust the p-values of a study's headline tests together, then give each headline its verdict."""
+    adj = holm({str(i): h["test"]["t_p"] for i, h in enumerate(headlines) if h["test"] is not None})
+    for i, h in enumerate(headlines):
+        if h["test"] is not None:
+            h["p_holm"] = adj[str(i)]
+            h["verdict"] = verdict(h["test"], adj[str(i)], h["direction"])
+        else:
+            v = h["value"]
+            enough = v["n"] >= MIN_SEEDS and v["sd"] == v["sd"] and v["sd"] > 0
+            h["p_holm"] = NAN
+            h["verdict"] = TOO_FEW if not enough else REPRODUCED if v["ci_low"] > h["threshold"] else NOT_REPRODUCED
+    return headlines
+
+
+MULTIPLICITY = ("p-values of a study's headline tests are Holm-adjusted together; a verdict needs at least "
+                f"{MIN_SEEDS} seeds, non-zero variance, an interval of the effect that excludes 0 on the claimed "
+                f"side and an adjusted p < {ALPHA}")

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from iclft.metrics.stats import MULTIPLICITY
 from iclft.report import html as H
-from iclft.report.figures import band, errbar, plt, save
+from iclft.report.figures import band, clamp_ylim, errbar, plt, save
 from iclft.sweep import atomic_write_text
 
 PAIRS = {
@@ -36,6 +37,10 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
         ax.set_xticks(x)
         ax.legend(fontsize=8)
     axes[1].axhline(0, color="grey", lw=0.5)
+    axes[0].set_ylabel("cosine similarity")
+    axes[1].set_ylabel("cosine of the changes")
+    for ax in axes:
+        clamp_ylim(ax, "d_icl_it")
     figs["similarity by layer (base condition, 95% CI over seeds)"] = save(fig, out / "figures/similarity_by_layer.png")
 
     last = records[(records["layer"] == n_layers - 1) & ~records["control"]]
@@ -50,6 +55,7 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
             ax.plot(xs, slope * xs + icpt, "k-", lw=1, label=f"fit: slope {slope:.3f}")
         ax.set_xlabel("demonstration–query similarity (MiniLM cosine)")
         ax.set_ylabel(PAIRS[metric] + " at the last layer")
+        clamp_ylim(ax, metric)
         ax.legend(fontsize=8)
     figs["convergence vs demonstration–query similarity (one point per trial)"] = save(
         fig, out / "figures/convergence_vs_similarity.png")
@@ -65,6 +71,10 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
         errbar(axes[1], kx, [bc[c][f"acc_{s}"] for c in ks], name)
     axes[0].set_title("Last-layer convergence vs number of demonstrations")
     axes[1].set_title("Accuracy (label scoring) vs k")
+    axes[0].set_ylabel("cosine (last layer)")
+    axes[1].set_ylabel("accuracy")
+    clamp_ylim(axes[0], "d_icl_it")
+    clamp_ylim(axes[1], "acc")
     for ax in axes:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("k")
@@ -85,90 +95,66 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
     ax.set_xticks(np.arange(len(names)) + width / 2, labels)
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_title("Label correctness and the unrelated-task control (last layer)")
+    ax.set_ylabel("cosine (last layer)")
+    clamp_ylim(ax, "d_icl_it")
     ax.legend(fontsize=8)
     figs["label correctness (95% CI over seeds)"] = save(fig, out / "figures/label_correctness.png")
     return figs
 
 
-def _sig(p) -> str:
-    return "n/a" if p is None or p != p else (f"p = {p:.3g}")
-
-
 def findings(summary: dict) -> list[str]:
-    """Plain-language findings, each saying whether the paper's pattern is reproduced here."""
-    out = []
-    d = summary["d_icl_it"]["last_layer"]
+    """Descriptive lines that sit beside the headline table (the verdicts live there)."""
     s_icl_it, s_anchor = summary["s_icl_it"]["last_layer"], summary["s_anchor_icl"]["last_layer"]
-    agree = d["ci_low"] == d["ci_low"] and d["ci_low"] > 0
-    out.append(
-        f"<b>Convergence.</b> At the last layer ICL and IT move the query's state in "
-        f"{'the same' if agree else 'no reliably shared'} direction: d_icl_it = {H.fmt_ci(d)}; raw cos(ICL, IT) = "
-        f"{H.fmt_ci(s_icl_it)} vs cos(ZSL, ICL) = {H.fmt_ci(s_anchor)}. Duan et al. report that ICL changes hidden "
-        f"states as if the model were instruction-tuned on the demonstrations: "
-        f"{'reproduced' if agree else 'NOT reproduced'} on this model.")
-    pt = summary["paired"].get("d_icl_it_task_vs_control")
-    if pt:
-        ctrl = summary["by_condition"]["control"]["d_icl_it"]["last_layer"]
-        better = pt["mean_diff"] == pt["mean_diff"] and pt["mean_diff"] > 0 and pt["t_p"] < 0.05
-        verdict = ("The convergence is task-specific." if better else
-                   "The convergence is NOT distinguishable from the control here, so it need not be task-specific.")
-        out.append(
-            f"<b>Control.</b> With demonstrations from an unrelated task, d_icl_it = {H.fmt_ci(ctrl)}; the task's own "
-            f"demonstrations differ by {pt['mean_diff']:+.3f} (paired t {_sig(pt['t_p'])}, Wilcoxon "
-            f"{_sig(pt['wilcoxon_p'])}). {verdict}")
-    pt = summary["paired"]["d_icl_it_vs_d_icl_sl"]
-    out.append(
-        f"<b>Instruction.</b> d_icl_it − d_icl_sl = {pt['mean_diff']:+.3f} (paired t {_sig(pt['t_p'])}, Wilcoxon "
-        f"{_sig(pt['wilcoxon_p'])}): tuning with the instruction "
-        f"{'aligns better' if pt['mean_diff'] > 0 and pt['t_p'] < 0.05 else 'does not align measurably better'}"
-        f" with ICL than tuning without it.")
+    base = summary["by_condition"][summary["base_condition"]]
+    out = [f"Raw last-layer cosines (inflated by anisotropy, hence the direction form d_icl_it): cos(ICL, IT) = "
+           f"{H.fmt_ci(s_icl_it)}, cos(ZSL, ICL) = {H.fmt_ci(s_anchor)}.",
+           f"Accuracy in the base condition (label scoring): ZSL {H.fmt_ci(base['acc_zsl'], 2)}, ICL "
+           f"{H.fmt_ci(base['acc_icl'], 2)}, IT {H.fmt_ci(base['acc_it'], 2)}, SL {H.fmt_ci(base['acc_sl'], 2)}."]
     for c in summary["correlations"]:
-        if c["metric"] != "d_icl_it":
-            continue
-        ps = c["per_seed_pearson"]
-        r = ps["mean"]
-        # significant when the across-seed 95% interval of the per-seed correlation excludes 0
-        sig = ps["ci_low"] == ps["ci_low"] and (ps["ci_low"] > 0 or ps["ci_high"] < 0)
-        direction = "rises" if r > 0 else "falls"
-        verdict = {"demo_query_sim": "Duan et al. find more convergence with more similar demonstrations",
-                   "label_correctness": "Duan et al. find convergence depends on label correctness",
-                   "k": "Duan et al. find convergence depends on the number of demonstrations"}[c["factor"]]
-        if r != r:
-            line = f"no per-seed correlation could be computed (pooled n = {c['n']})"
-        else:
-            line = (f"d_icl_it {direction if sig else 'does not change significantly'} with {c['factor']} "
-                    f"(per-seed Pearson r = {H.fmt_ci(ps)}, Spearman ρ = {H.fmt_ci(c['per_seed_spearman'])}; "
-                    f"pooled r = {c['pearson_r']:.3f}, {_sig(c['pearson_p'])}, n = {c['n']} trials)")
-        repro = "consistent" if sig and r > 0 else "NOT reproduced"
-        out.append(f"<b>{c['factor']}.</b> {line}. {verdict}: {repro} here.")
+        if c["metric"] == "d_icl_it":
+            out.append(f"{H.esc(c['factor'])}: per-seed Spearman ρ = {H.fmt_ci(c['per_seed_spearman'])}; pooled over "
+                       f"all {c['n']} trials r = {c['pearson_r']:.3f} (p = {H.fmt_p(c['pearson_p'])}, treating "
+                       "trials as independent, for reference only).")
     return out
 
 
 def write_report(out: Path, records: pd.DataFrame, summary: dict, spec, model_info: dict) -> Path:
+    out = Path(out)
     figs = figures(out, records, summary)
     parts = [H.stand_in_note("in-context learning")] if model_info.get("builtin_stand_in") else []
-    parts.append(f"<p>Model <code>{H.esc(model_info.get('model'))}</code> ({H.esc(model_info.get('family'))}, "
-                 f"{model_info.get('n_layers')} layers, {model_info.get('n_params', 0):,} parameters); task "
-                 f"<code>{H.esc(spec.task)}</code>; {summary['n_seeds']} seeds × {spec.queries_per_seed} queries; "
-                 f"base condition {H.esc(summary['base_condition'])}. Intervals are 95% t-intervals across seeds.</p>")
+    parts.append(f"<p>Task <code>{H.esc(spec.task)}</code>; {summary['n_seeds']} seeds × {spec.queries_per_seed} "
+                 f"queries; base condition {H.esc(summary['base_condition'])}.</p>")
+    parts.append(H.headlines_section(summary.get("headlines", []), MULTIPLICITY))
     parts.append("<h2>Findings</h2>" + "".join(f'<div class="finding">{f}</div>' for f in findings(summary)))
     rows = []
     for name, c in summary["by_condition"].items():
         rows.append([name, c["k"], c["selection"], c["labels"], H.fmt_ci(c["s_icl_it"]["last_layer"]),
                      H.fmt_ci(c["d_icl_it"]["last_layer"]), H.fmt_ci(c["d_icl_sl"]["last_layer"]),
-                     H.fmt_ci(c["acc_icl"], 2),
-                     H.fmt_ci(c["acc_it"], 2)])
-    parts.append("<h2>Conditions (last layer)</h2>" + H.table(
-        ["condition", "k", "selection", "labels", "cos(ICL,IT)", "d_icl_it", "d_icl_sl", "acc ICL", "acc IT"], rows))
-    parts.append("<h2>Correlations (last layer)</h2><p>Per seed, then a 95% t-interval across seeds; pooled over "
-                 "all trials for reference (its p-values treat trials as independent).</p>" + H.table(
+                     H.fmt_ci(c["acc_zsl"], 2), H.fmt_ci(c["acc_icl"], 2), H.fmt_ci(c["acc_it"], 2),
+                     H.fmt_ci(c["acc_sl"], 2)])
+    parts.append("<h2>Conditions (last layer)</h2>" + H.csv_table(
+        out, "conditions", ["condition", "k", "selection", "labels", "cos(ICL,IT)", "d_icl_it", "d_icl_sl", "acc ZSL",
+                            "acc ICL", "acc IT", "acc SL"], rows))
+    parts.append("<h2>Correlations (last layer)</h2><p>Per seed, then a Fisher-z interval across seeds; pooled over "
+                 "all trials for reference (its p-values treat trials as independent).</p>" + H.csv_table(
+        out, "correlations",
         ["factor", "metric", "per-seed Pearson r", "per-seed Spearman ρ", "pooled r", "p", "pooled ρ", "p", "n"],
         [[c["factor"], c["metric"], H.fmt_ci(c["per_seed_pearson"]), H.fmt_ci(c["per_seed_spearman"]),
           f"{c['pearson_r']:.3f}", f"{c['pearson_p']:.3g}", f"{c['spearman_rho']:.3f}", f"{c['spearman_p']:.3g}",
           c["n"]] for c in summary["correlations"]]))
+    n_layers = summary["n_layers"]
+    parts.append("<h2>Per layer (base condition)</h2>" + H.csv_table(
+        out, "per_layer", ["layer", *PAIRS.values()],
+        [[layer] + [H.fmt_ci({k: summary[m]["per_layer"][k][layer] for k in ("mean", "ci_low", "ci_high")})
+                    for m in PAIRS] for layer in range(n_layers)]))
     parts.append("<h2>Figures</h2>" + "".join(H.img(p, caption) for caption, p in figs.items()))
-    parts.append("<p>Definitions: METRICS.md (Convergence). Files: <code>records.parquet</code> (one row per trial "
-                 "and layer), <code>summary.json</code>, <code>manifest.json</code>.</p>")
+    parts.append(H.methods_section(out, spec, model_info, H.INTERVALS + ". Definitions: " + DEFINITIONS))
     path = out / "report.html"
     atomic_write_text(path, H.page("iclft — convergence of ICL and instruction tuning", parts))
     return path
+
+
+DEFINITIONS = ("s_x_y = cos(h_x, h_y) and d_icl_y = cos(h_ICL − h_ZSL, h_y − h_ZSL) of the last token's resid_post "
+               "(the output of each block; the last layer's is after the final norm, as HF hidden_states); "
+               "demonstration–query similarity is the mean cosine of all-MiniLM-L6-v2 embeddings (iclft's METRICS.md, "
+               "Convergence)")

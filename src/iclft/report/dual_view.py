@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from iclft.metrics.stats import MULTIPLICITY
 from iclft.report import html as H
-from iclft.report.figures import band, plt, save
+from iclft.report.figures import band, clamp_ylim, plt, save
 from iclft.sweep import atomic_write_text
 
 NAMES = {
@@ -33,6 +34,8 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
         ax.set_title(title)
         ax.set_xlabel("layer")
         ax.set_xticks(x)
+        ax.set_ylabel("Kendall τ" if a == "kendall" else "cosine similarity")
+        clamp_ylim(ax, a)
         ax.legend(fontsize=8)
     figs["per-layer metrics with their baselines (95% CI over seeds)"] = save(fig, out / "figures/per_layer.png")
 
@@ -52,43 +55,15 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
     return figs
 
 
-def _above(pt: dict | None) -> bool:
-    """A paired test says the first is larger: positive mean difference, paired t p < 0.05."""
-    return bool(pt) and pt["mean_diff"] == pt["mean_diff"] and pt["mean_diff"] > 0 and pt["t_p"] < 0.05
-
-
-def _p(pt: dict | None) -> str:
-    if not pt:
-        return ""
-    f = lambda v: "n/a" if v is None or v != v else f"{v:.3g}"  # noqa: E731
-    return f" (paired t p = {f(pt['t_p'])}, Wilcoxon p = {f(pt['wilcoxon_p'])}, n = {pt['n']})"
-
-
 def findings(summary: dict) -> list[str]:
-    out = []
-    r = summary["rec2ftp"]
-    out.append(f"<b>Rec2FTP.</b> ICL recovers {H.fmt_ci(r)} of the queries FT-KV fixes over zero-shot "
-               f"(Dai et al.: 0.856 / 0.894). Accuracies: ZSL {H.fmt_ci(summary['acc_zsl'])}, ICL "
-               f"{H.fmt_ci(summary['acc_icl'])}, FT-KV {H.fmt_ci(summary['acc_ft'])}.")
-    s, sr = summary["simaou"], summary["simaou_random"]
-    pt = summary.get("paired", {}).get("simaou_vs_random")
-    yes = _above(pt)
-    shared = "in a shared" if yes else "in no reliably shared"
-    out.append(f"<b>SimAOU.</b> ICL and FT-KV move the attention output {shared} direction: {H.fmt_ci(s)} vs "
-               f"{H.fmt_ci(sr)} for a random (zero-mean Gaussian) update{_p(pt)}. Dai et al. report 0.186 / 0.225, "
-               f"above their random baseline: {'reproduced' if yes else 'NOT reproduced'} here.")
-    b, a = summary["simam_before"], summary["simam_after"]
-    pt = summary.get("paired", {}).get("simam_after_vs_before")
-    yes = _above(pt)
-    out.append(f"<b>SimAM.</b> The ICL attention map over the query's tokens is {H.fmt_ci(b)} similar to ZSL's and "
-               f"{H.fmt_ci(a)} to FT-KV's{_p(pt)}. Dai et al. report an increase (0.338→0.442, 0.355→0.434): "
-               f"{'same direction' if yes else 'NOT reproduced'} here.")
-    k, kr = summary["kendall"], summary["kendall_random"]
-    pt = summary.get("paired", {}).get("kendall_vs_random")
-    yes = _above(pt)
-    out.append(f"<b>Kendall.</b> τ = {H.fmt_ci(k)} vs {H.fmt_ci(kr)} with a random FT side{_p(pt)} "
-               f"(Dai et al.: 0.193 / 0.214): {'reproduced' if yes else 'NOT reproduced'} here.")
-    return out
+    """Descriptive lines beside the headline table (the verdicts live there)."""
+    n_fixed = summary.get("rec2ftp_fixed_by_ft", [])
+    acc = (f"Accuracies: ZSL {H.fmt_ci(summary['acc_zsl'])}, ICL {H.fmt_ci(summary['acc_icl'])}, FT-KV "
+           f"{H.fmt_ci(summary['acc_ft'])}.")
+    pt = summary["paired"]["acc_icl_vs_acc_ft"]
+    return [acc + f" ICL − FT-KV = {H.fmt_ci(pt['diff'])} (paired t p = {H.fmt_p(pt['t_p'])}).",
+            f"Rec2FTP rests on the queries FT-KV fixes over zero-shot: {', '.join(map(str, n_fixed))} per seed "
+            "(its interval treats them as the trials)."]
 
 
 def _pub_row(pub: dict, name: str, ours: str, key: str, fmt) -> list:
@@ -109,8 +84,8 @@ def write_report(out: Path, records: pd.DataFrame, summary: dict, spec, model_in
         f"{summary['n_queries']} test queries; k = {', '.join(map(str, ks))} demonstrations "
         f"({H.esc(summary['demo_sampling'])} sampling, requested {summary['k']}). FT-KV: plain SGD on W_K, W_V, "
         f"batch 1, one step per demonstration in the ICL order, learning rate chosen per seed on a validation "
-        f"split of the training data from {H.esc(grid)} ({H.esc(lrs)}). Intervals are 95% t-intervals "
-        "across seeds.</p>")
+        f"split of the training data from {H.esc(grid)} ({H.esc(lrs)}).</p>")
+    parts.append(H.headlines_section(summary.get("headlines", []), MULTIPLICITY))
     parts.append("<h2>Findings</h2>" + "".join(f'<div class="finding">{f}</div>' for f in findings(summary)))
 
     pct = lambda v: f"{v:.1f}"  # noqa: E731
@@ -136,13 +111,16 @@ def write_report(out: Path, records: pd.DataFrame, summary: dict, spec, model_in
                  "label token), draws the random SimAOU baseline from a zero-mean Gaussian, chooses the learning "
                  "rate on training-split queries disjoint from the measured ones, and scores multi-token labels by "
                  "their first token while training on every token.</div>"
-                 + H.table(["metric", "this run (95% CI)", *[f"Dai et al., {m}" for m in pub["models"]]], rows))
+                 + H.csv_table(out, "published", ["metric", "this run (95% CI)",
+                                                  *[f"Dai et al., {m}" for m in pub["models"]]], rows))
 
     layer_rows = []
     pl = summary["per_layer"]
     for layer in range(summary["n_layers"]):
-        layer_rows.append([layer] + [f"{pl[m]['mean'][layer]:.3f}" for m in NAMES])
-    parts.append("<h2>Per layer (mean over seeds)</h2>" + H.table(["layer", *NAMES], layer_rows))
+        layer_rows.append([layer] + [H.fmt_ci({k: pl[m][k][layer] for k in ("mean", "ci_low", "ci_high")})
+                                     for m in NAMES])
+    parts.append("<h2>Per layer (95% CI over seeds)</h2>"
+                 + H.csv_table(out, "per_layer", ["layer", *NAMES], layer_rows))
 
     d = summary["dual_form"]
     ok = "passes" if d["passed"] else "FAILS"
@@ -161,12 +139,17 @@ def write_report(out: Path, records: pd.DataFrame, summary: dict, spec, model_in
         seed_rows.append([s, summary["k_per_seed"][str(s)], c["chosen"], accs]
                          + [f"{summary[m]['per_seed'][i]:.3f}" for m in ("rec2ftp", "simaou", "kendall",
                                                                              "acc_icl", "acc_ft")])
-    parts.append("<h2>Per seed</h2>" + H.table(
+    parts.append("<h2>Per seed</h2>" + H.csv_table(out, "per_seed",
         ["seed", "k", "lr", "validation accuracy by lr", "Rec2FTP", "SimAOU", "Kendall", "acc ICL", "acc FT-KV"],
         seed_rows))
     parts.append("<h2>Figures</h2>" + "".join(H.img(p, caption) for caption, p in figs.items()))
-    parts.append("<p>Definitions: METRICS.md (Dual view). Files: <code>records.parquet</code> (one row per seed, "
-                 "query and layer), <code>summary.json</code>, <code>manifest.json</code>.</p>")
+    parts.append(H.methods_section(out, spec, model_info, H.INTERVALS + ". Definitions: " + DEFINITIONS))
     path = out / "report.html"
     atomic_write_text(path, H.page("iclft — dual view: ICL as implicit fine-tuning (Dai et al.)", parts))
     return path
+
+
+DEFINITIONS = ("Rec2FTP = |(C_ICL ∩ C_FT) \\ C_ZSL| / |C_FT \\ C_ZSL|; SimAOU = cos(a_ICL − a_ZSL, a_FT − a_ZSL) "
+               "of the L2-normalised attention output at the last token (the token before the label); SimAM = cosine "
+               "of the last token's pre-softmax attention scores over the query's own tokens; Kendall τ between the "
+               "ICL attention to demonstration tokens and the FT-KV query similarities (iclft's METRICS.md, Dual view)")

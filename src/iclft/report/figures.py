@@ -36,3 +36,13 @@ def errbar(ax, x, dicts: list[dict], label: str, **kw):
     hi = np.array([d["ci_high"] for d in dicts], float)
     yerr = np.vstack([np.nan_to_num(m - lo), np.nan_to_num(hi - m)])
     ax.errorbar(x, m, yerr=yerr, marker="o", capsize=3, label=label, **kw)
+
+
+def clamp_ylim(ax, metric: str, pad: float = 0.03) -> None:
+    """Keep the y-axis inside the metric's range (a cosine axis never runs past ±1), with a small margin."""
+    from iclft.metrics.stats import quantity
+
+    q = quantity(metric)
+    lo, hi = ax.get_ylim()
+    span = (q.high - q.low) * pad if np.isfinite(q.high - q.low) else 0.0
+    ax.set_ylim(max(lo, q.low - span), min(hi, q.high + span))

@@ -55,3 +55,121 @@ def fmt_ci(d: dict, digits: int = 3) -> str:
         return "nan" if v is None or v != v else f"{v:.{digits}f}"
 
     return f"{f(m)} [{f(lo)}, {f(hi)}]"
+
+
+# ------------------------------------------------------------------------------------------- shared sections
+
+VERDICT_CLASS = {"reproduced": "yes", "not reproduced": "no", "too few seeds to tell": "few"}
+CSS += """
+.v{font-weight:600;padding:0 .4em;border-radius:3px;white-space:nowrap}.v.yes{background:#d7ecff;color:#0b4a8b}
+.v.no{background:#f3e0c9;color:#7a3d00}.v.few{background:#eee;color:#555}
+details{margin:.4em 0 1em}summary{cursor:pointer;color:#3573c9}
+.tok{display:inline-block;border:1px solid #bbb;border-radius:2px;padding:0 .15em;margin:1px;font:0.85em monospace;
+background:#fafafa;white-space:pre}.prompt{margin:.3em 0 .8em;line-height:1.9}
+table.text td,table.text th{text-align:left;vertical-align:top}
+a.csv{font-size:.85em;margin-left:.6em}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.85em}
+"""
+
+
+def verdict_badge(v: str) -> str:
+    return f'<span class="v {VERDICT_CLASS.get(v, "few")}">{esc(v)}</span>'
+
+
+def fmt_p(p) -> str:
+    return "n/a" if p is None or p != p else f"{p:.3g}"
+
+
+def headline_rows(headlines: list[dict]) -> list[list]:
+    """Rows of (claim, this run, paper, effect and tests, verdict) — the effect with its interval first."""
+    rows = []
+    for h in headlines:
+        t = h.get("test")
+        if t:
+            scale = " (Fisher z)" if t.get("scale") == "fisher_z" else ""
+            tests = (f"effect{scale} {fmt_ci(t['diff'])}, d<sub>z</sub> = {fmt_p(t['dz'])}; "
+                     f"paired t p = {fmt_p(t['t_p'])} (Holm {fmt_p(h.get('p_holm'))}), "
+                     f"Wilcoxon p = {fmt_p(t['wilcoxon_p'])}, n = {t['n']}")
+        else:
+            tests = f"interval above {h['threshold']:g}?"
+        rows.append([esc(h["claim"]), esc(h["metric"]) + "<br>" + esc(fmt_ci(h["value"])), esc(h["paper"]), tests,
+                     verdict_badge(h["verdict"])])
+    return rows
+
+
+def raw_table(header: list[str], rows: list[list]) -> str:
+    """Like `table`, for cells that are already HTML (text, so left-aligned)."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="text"><tr>{head}</tr>{body}</table>'
+
+
+def headlines_section(headlines: list[dict], multiplicity: str) -> str:
+    table_html = raw_table(["claim", "this run (95% CI)", "paper", "effect, then tests", "verdict"],
+                           headline_rows(headlines))
+    seeds = []
+    for h in headlines:
+        vals = h["value"].get("per_seed") or []
+        seeds.append([h["metric"], ", ".join("nan" if v != v else f"{v:.3f}" for v in vals), h["value"].get("method")])
+    per_seed = ("<details><summary>per-seed values behind each headline</summary>"
+                + table(["headline", "per-seed values (seed order)", "interval method"], seeds) + "</details>")
+    return (f"<h2>Headline findings</h2>{table_html}<p><small>{esc(multiplicity)}.</small></p>{per_seed}")
+
+
+def csv_table(out: Path, name: str, header: list[str], rows: list[list]) -> str:
+    """A table, the same table as `tables/NAME.csv` beside the report, and an inline CSV download link."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    csv.writer(buf).writerows([header, *rows])
+    from iclft.sweep import atomic_write_text
+
+    atomic_write_text(Path(out) / "tables" / f"{name}.csv", buf.getvalue())
+    data = base64.b64encode(buf.getvalue().encode("utf-8")).decode("ascii")
+    link = f'<a class="csv" download="{esc(name)}.csv" href="data:text/csv;base64,{data}">CSV</a>'
+    return table(header, rows) + f"<p>{link} <small>(also <code>tables/{esc(name)}.csv</code>)</small></p>"
+
+
+def prompt_examples(examples: dict) -> str:
+    """Example prompts per setting as the model saw them: one box per token."""
+    if not examples:
+        return ""
+    parts = ["<h3>Example prompts (tokenised, exactly as the model saw them)</h3>"]
+    for setting, prompts in examples.items():
+        parts.append(f"<p><b>{esc(setting)}</b></p>")
+        for toks in prompts:
+            parts.append('<div class="prompt">' + "".join(f'<span class="tok">{esc(t)}</span>' for t in toks)
+                         + "</div>")
+    return "".join(parts)
+
+
+def methods_section(out: Path, spec, model_info: dict, interval_note: str) -> str:
+    """Model, exact hyper-parameters and preset, example prompts, how intervals were made, files."""
+    import json
+
+    import yaml
+
+    ex_path = Path(out) / "examples.json"
+    examples = json.loads(ex_path.read_text(encoding="utf-8")) if ex_path.is_file() else {}
+    sha = model_info.get("model_sha256")
+    preset = getattr(spec, "preset", "default")
+    model = (f"<p>Model <code>{esc(model_info.get('model'))}</code> ({esc(model_info.get('family'))}, "
+             f"{model_info.get('n_layers')} layers, {model_info.get('n_params', 0):,} parameters, "
+             f"{esc(model_info.get('dtype', getattr(spec, 'dtype', '')))}, attention "
+             f"{esc(model_info.get('attn_implementation', getattr(spec, 'attn_implementation', '')))}); weights "
+             f"SHA-256 <code>{esc(sha[:16] + '…' if sha else 'not hashed')}</code>. Preset "
+             f"<b>{esc(preset)}</b>.</p>")
+    spec_text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    return ("<h2>Methods and data</h2>" + model
+            + f"<details><summary>exact spec (spec.yaml)</summary><pre>{esc(spec_text)}</pre></details>"
+            + f"<p>{esc(interval_note)}</p>" + prompt_examples(examples)
+            + "<p>Files beside this page: <code>records.parquet</code> (raw per-trial numbers), "
+              "<code>summary.json</code> (every interval with its per-seed values and method), "
+              "<code>manifest.json</code>, <code>examples.json</code>, <code>tables/*.csv</code>, "
+              "<code>figures/</code>.</p>")
+
+
+INTERVALS = ("Intervals: 95%, across seeds, chosen per quantity (iclft.metrics.stats.QUANTITIES): proportions "
+             "(accuracy, Rec2FTP) by a Wilson interval with the clustered effective sample size; correlations "
+             "per seed by Fisher z; cosines and other bounded means by a Student-t interval intersected with the "
+             "quantity's range")

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from iclft.metrics.stats import MULTIPLICITY
 from iclft.report import html as H
 from iclft.report.figures import errbar, plt, save
 from iclft.sweep import atomic_write_text
@@ -144,25 +145,11 @@ def _p(p) -> str:
 
 
 def findings(summary: dict) -> list[str]:
+    """Descriptive lines beside the headline table (the verdicts live there)."""
     out = []
-    for m, e in summary["icl_vs_ft"].items():
-        parts = []
-        for v in ("misleading", "clean"):
-            d = e[v]
-            verdict = ("ICL beats FT" if d["icl_beats_ft"] else "FT beats ICL" if d["ft_beats_icl"]
-                       else "no reliable difference")
-            parts.append(f"on {v} items ICL − FT = {H.fmt_ci(d['diff'])} (paired t {_p(d['paired']['t_p'])}, "
-                         f"Wilcoxon {_p(d['paired']['wilcoxon_p'])}): <b>{verdict}</b>")
-        out.append(f"<b>ICL vs FT {m}.</b> Comparing {e['icl']} with {e['ft']} (pre-declared: largest k vs largest "
-                   f"N; accuracy averaged over families, paired by seed), " + "; ".join(parts) + ". Yin et al. "
-                   "report that ICL picks up implicit patterns better than fine-tuning, most clearly on "
-                   "misleading items.")
     acc = summary["accuracy"]["all"]
-    gaps = []
-    for s, cell in acc.items():
-        c, mi = cell["clean"]["mean"], cell["misleading"]["mean"]
-        if c == c and mi == mi:
-            gaps.append((s, c - mi))
+    gaps = [(s, cell["clean"]["mean"] - cell["misleading"]["mean"]) for s, cell in acc.items()]
+    gaps = [(s, g) for s, g in gaps if g == g]
     if gaps:
         txt = ", ".join(f"{s}: {g:+.2f}" for s, g in gaps)
         out.append(f"<b>Robustness.</b> Clean minus misleading accuracy (mean over families): {txt}. A setting that "
@@ -191,24 +178,29 @@ def write_report(out: Path, records: pd.DataFrame, summary: dict, spec, model_in
         f"seeds × {spec.n_eval} test items per variant; rules (held out of pretraining by default): {H.esc(rules)}. "
         f"Fine-tuning: {spec.full.steps} (full) / {spec.lora.steps} (LoRA) AdamW steps of {spec.full.batch_size} / "
         f"{spec.lora.batch_size} examples, constant LR after warmup, loss on {spec.full.loss_on} tokens. Accuracy is "
-        "exact match of the normalised answer (label scoring for closed answer sets, greedy decoding otherwise). "
-        "Intervals are 95% t-intervals across seeds.</p>")
+        "exact match of the normalised answer (label scoring for closed answer sets, greedy decoding otherwise).</p>")
+    parts.append(H.headlines_section(summary.get("headlines", []), MULTIPLICITY))
     parts.append("<h2>Findings</h2>" + "".join(f'<div class="finding">{f}</div>' for f in findings(summary)))
     rows = []
     for s, cell in summary["accuracy"]["all"].items():
         rows.append([s, H.fmt_ci(cell["clean"], 2), H.fmt_ci(cell["misleading"], 2)]
                     + [H.fmt_ci(summary["accuracy"][f][s]["misleading"], 2) for f in summary["families"]])
-    parts.append("<h2>Accuracy (mean over families; per family: misleading)</h2>" + H.table(
-        ["setting", "clean", "misleading"] + [f"{f} (mis.)" for f in summary["families"]], rows))
+    parts.append("<h2>Accuracy (mean over families; per family: misleading)</h2>" + H.csv_table(
+        out, "accuracy", ["setting", "clean", "misleading"] + [f"{f} (mis.)" for f in summary["families"]], rows))
     cs = summary["circuit_shift"]
-    parts.append("<h2>Circuit shift from the base model</h2>" + H.table(
-        ["family", "ICL 1−cos", "ICL 1−Jaccard", "FT 1−cos", "FT 1−Jaccard"],
+    parts.append("<h2>Circuit shift from the base model</h2>" + H.csv_table(
+        out, "circuit_shift", ["family", "ICL 1−cos", "ICL 1−Jaccard", "FT 1−cos", "FT 1−Jaccard"],
         [[f, H.fmt_ci(cs[f]["icl"]["cosine"]), H.fmt_ci(cs[f]["icl"]["jaccard"]), H.fmt_ci(cs[f]["ft"]["cosine"]),
           H.fmt_ci(cs[f]["ft"]["jaccard"])] for f in cs]))
     parts.append("<h2>Figures</h2>" + "".join(H.img(p, caption) for caption, p in figs.items()))
-    parts.append("<p>Definitions: METRICS.md (Implicit patterns). Files: <code>records.parquet</code> (kind = acc: one "
-                 "row per test item and setting; curve: one row per recorded FT step; effect: one row per component "
-                 "and circuit setting), <code>summary.json</code>, <code>manifest.json</code>.</p>")
+    parts.append(H.methods_section(out, spec, model_info, H.INTERVALS + ". " + DEFINITIONS))
     path = out / "report.html"
     atomic_write_text(path, H.page("iclft — implicit patterns: ICL vs fine-tuning, and circuit shift", parts))
     return path
+
+
+DEFINITIONS = ("Accuracy is exact match of the normalised answer; patching effect e_c = (LD_patched − LD_corrupt) / "
+               "(LD_clean − LD_corrupt) with LD the logit difference between the right and the misleading answer; "
+               "circuit shift = 1 − cos of the effect vectors and 1 − Jaccard of the top-K components (iclft's "
+               "METRICS.md, Implicit patterns). records.parquet: kind = acc (one row per test item and setting), "
+               "curve (one row per recorded FT step), effect (one row per component and circuit setting)")

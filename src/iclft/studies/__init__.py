@@ -2,9 +2,13 @@
 
 from iclft.studies import convergence, dual_view, implicit_patterns
 
-# name -> (spec class, --quick overrides, run function)
+# name -> (spec class, presets over the class defaults, run function). "default" is the class defaults: sized
+# for a laptop; "paper" is the papers' scale; "quick" is the test preset.
 REGISTRY = {
-    "convergence": (convergence.ConvergenceSpec, convergence.QUICK, convergence.run),
-    "dual": (dual_view.DualSpec, dual_view.QUICK, dual_view.run),
-    "implicit": (implicit_patterns.ImplicitSpec, implicit_patterns.QUICK, implicit_patterns.run),
+    "convergence": (convergence.ConvergenceSpec, {"quick": convergence.QUICK, "paper": convergence.PAPER},
+                    convergence.run),
+    "dual": (dual_view.DualSpec, {"quick": dual_view.QUICK, "paper": dual_view.PAPER}, dual_view.run),
+    "implicit": (implicit_patterns.ImplicitSpec, {"quick": implicit_patterns.QUICK, "paper": implicit_patterns.PAPER},
+                 implicit_patterns.run),
 }
+PRESETS = ("default", "quick", "paper")

@@ -33,6 +33,8 @@ class RunSpec(BaseModel):
     batch_size: int = Field(16, ge=1, description="prompts per forward pass")
     seeds: int = Field(30, ge=1, description="number of seeds (trials are repeated per seed)")
     seed_offset: int = Field(0, ge=0, description="first seed")
+    preset: str = Field("default", description="the preset these fields started from (default | quick), "
+                        "shown on every report")
 
     def seed_list(self) -> list[int]:
         return list(range(self.seed_offset, self.seed_offset + self.seeds))
@@ -112,17 +114,22 @@ def run_dir(out: Path, spec: BaseModel, identity: dict | None = None):
 
 
 def execute(study: str, spec, out: Path, loaded, units, unit_fn, summarise, write_report, started: float,
-            manifest_extra=None) -> Path:
+            manifest_extra=None, examples=None) -> Path:
     """The tail every study shares: units -> shards -> records -> summary -> report -> manifest.
 
     summarise(records) -> dict; write_report(out, records, summary, spec, model_info);
-    manifest_extra(summary) -> dict of study-specific manifest fields.
+    manifest_extra(summary) -> dict of study-specific manifest fields; examples() -> {setting: [token ids, ...]},
+    two prompts per setting, written as tokens to examples.json for the report's methods section.
     """
     from iclft.sweep import atomic_write_parquet, run_units
 
     identity = {"iclft_version": iclft.__version__, "model": loaded.info.get("model"),
                 "model_sha256": loaded.info.get("model_sha256"), "stand_in": loaded.info.get("builtin_stand_in")}
     with run_dir(out, spec, identity) as out:
+        if examples is not None:
+            tok = loaded.tokenizer
+            atomic_write_json(out / "examples.json",
+                              {k: [tok.convert_ids_to_tokens(list(ids)) for ids in v] for k, v in examples().items()})
         records = run_units(units, unit_fn, out / "shards", desc=study)
         atomic_write_parquet(records, out / "records.parquet")
         summary = summarise(records)

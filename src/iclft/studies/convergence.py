@@ -24,7 +24,7 @@ from iclft import UserError
 from iclft.capture import capture, site_names
 from iclft.metrics.dual import predict_labels
 from iclft.metrics.similarity import CONVERGENCE_KEYS, convergence_metrics, demo_query_similarity
-from iclft.metrics.stats import correlation, paired_test, per_layer_interval, t_interval
+from iclft.metrics.stats import compare, correlation, headline, interval, judge, layer_intervals
 from iclft.models.load import load
 from iclft.prompts import Embedder, PromptBuilder, corrupt_labels, select_demos
 from iclft.studies.common import RunSpec, execute
@@ -50,7 +50,10 @@ class ConvergenceSpec(RunSpec):
     lora: LoraConfigSpec = Field(default_factory=LoraConfigSpec, description="IT / SL adapters")
 
 
-QUICK = dict(seeds=2, queries_per_seed=2, k_values=[1, 4], base_k=4, candidates=32,
+# Duan et al.'s scale: 30 seeds, k up to 8, 30 LoRA steps per adapter.
+PAPER = dict(preset="paper", seeds=30, queries_per_seed=4, k_values=[1, 2, 4, 8], candidates=256,
+             lora=LoraConfigSpec(steps=30))
+QUICK = dict(preset="quick", seeds=2, queries_per_seed=2, k_values=[1, 4], base_k=4, candidates=32,
              lora=LoraConfigSpec(steps=8))
 
 
@@ -93,7 +96,23 @@ def run(spec: ConvergenceSpec, out: Path) -> Path:
     from iclft.report.convergence import write_report
 
     return execute("convergence", spec, out, loaded, units, unit_fn,
-                   lambda records: summarise(records, spec, conds, loaded.info), write_report, started)
+                   lambda records: summarise(records, spec, conds, loaded.info), write_report, started,
+                   examples=lambda: _examples(spec, task, builder))
+
+
+def _examples(spec: ConvergenceSpec, task, builder) -> dict[str, list[list[int]]]:
+    """The first seed's first two base-condition trials, as each setting sees them (for the report)."""
+    seed = spec.seed_offset
+    queries = random.Random(seed).sample(task.test, spec.queries_per_seed)[:2]
+    rng = random.Random(f"{seed}/random/{spec.base_k}/False")
+    demos = [select_demos(q, task.train, spec.base_k, "random", rng, None, spec.candidates) for q in queries]
+    return {
+        "ZSL (also what the IT and SL models see)": [builder.build(q, [], instruction=True).ids for q in queries],
+        f"ICL, k = {spec.base_k}": [builder.build(q, d, instruction=True).ids
+                                    for q, d in zip(queries, demos, strict=True)],
+        "IT training example (first demonstration)": [builder.training_ids(d[0], None, True)[0] for d in demos],
+        "SL training example (first demonstration)": [builder.training_ids(d[0], None, False)[0] for d in demos],
+    }
 
 
 def _check_fits(builder, task, control, k_max):
@@ -169,6 +188,11 @@ def _seed_layer_matrix(df: pd.DataFrame, metric: str) -> np.ndarray:
     return df.groupby(["seed", "layer"])[metric].mean().unstack("layer").to_numpy()
 
 
+def _accuracy(trials: pd.DataFrame, setting: str) -> dict:
+    g = trials.groupby("seed")[f"correct_{setting}"]
+    return interval(g.mean().to_numpy(float), "acc", trials=g.count().to_numpy(float))
+
+
 def summarise(records: pd.DataFrame, spec: ConvergenceSpec, conds: list[dict], model_info: dict) -> dict:
     last = int(records["layer"].max())
     base = records[records["base"]]
@@ -178,18 +202,18 @@ def summarise(records: pd.DataFrame, spec: ConvergenceSpec, conds: list[dict], m
                      "base_condition": next(c["name"] for c in conds if c.get("base"))}
     for metric in METRICS:
         mat = _seed_layer_matrix(base, metric)
-        summary[metric] = {"per_layer": per_layer_interval(mat), "last_layer": t_interval(mat[:, -1])}
+        summary[metric] = {"per_layer": layer_intervals(mat, metric), "last_layer": interval(mat[:, -1], metric)}
     by_cond = {}
     for c in conds:
         sub = records[records["condition"] == c["name"]]
         entry = {"k": c["k"], "selection": c["selection"], "labels": c["labels"], "control": c["control"]}
         for metric in METRICS:
             mat = _seed_layer_matrix(sub, metric)
-            entry[metric] = {"last_layer": t_interval(mat[:, -1]), "per_layer_mean": np.nanmean(mat, 0).tolist()}
+            entry[metric] = {"last_layer": interval(mat[:, -1], metric), "per_layer_mean": np.nanmean(mat, 0).tolist()}
         trials = sub[sub["layer"] == last]
         for s in ("zsl", "icl", "it", "sl"):
-            entry[f"acc_{s}"] = t_interval(trials.groupby("seed")[f"correct_{s}"].mean().to_numpy())
-        entry["demo_query_sim"] = t_interval(trials.groupby("seed")["demo_query_sim"].mean().to_numpy())
+            entry[f"acc_{s}"] = _accuracy(trials, s)
+        entry["demo_query_sim"] = interval(trials.groupby("seed")["demo_query_sim"].mean().to_numpy(), "demo_query_sim")
         by_cond[c["name"]] = entry
     summary["by_condition"] = by_cond
 
@@ -197,18 +221,18 @@ def summarise(records: pd.DataFrame, spec: ConvergenceSpec, conds: list[dict], m
     per_seed_last = lambda df, m: df.groupby("seed")[m].mean()  # noqa: E731
     b = lastrows[lastrows["base"]]
     summary["paired"] = {
-        "s_icl_it_vs_s_icl_sl": paired_test(per_seed_last(b, "s_icl_it"), per_seed_last(b, "s_icl_sl")),
-        "d_icl_it_vs_d_icl_sl": paired_test(per_seed_last(b, "d_icl_it"), per_seed_last(b, "d_icl_sl")),
+        "s_icl_it_vs_s_icl_sl": compare(per_seed_last(b, "s_icl_it"), per_seed_last(b, "s_icl_sl"), "s_icl_it"),
+        "d_icl_it_vs_d_icl_sl": compare(per_seed_last(b, "d_icl_it"), per_seed_last(b, "d_icl_sl"), "d_icl_it"),
     }
     if spec.control_task:
         ctrl = lastrows[lastrows["control"]]
-        summary["paired"]["d_icl_it_task_vs_control"] = paired_test(
-            per_seed_last(b, "d_icl_it"), per_seed_last(ctrl, "d_icl_it"))
-        summary["paired"]["s_icl_it_task_vs_control"] = paired_test(
-            per_seed_last(b, "s_icl_it"), per_seed_last(ctrl, "s_icl_it"))
+        summary["paired"]["d_icl_it_task_vs_control"] = compare(
+            per_seed_last(b, "d_icl_it"), per_seed_last(ctrl, "d_icl_it"), "d_icl_it")
+        summary["paired"]["s_icl_it_task_vs_control"] = compare(
+            per_seed_last(b, "s_icl_it"), per_seed_last(ctrl, "s_icl_it"), "s_icl_it")
 
     # Each factor is correlated over the conditions that vary it alone (last layer). Trials within a seed share
-    # queries, so the headline is the per-seed correlation with a t-interval across seeds; the pooled
+    # queries, so the headline is the per-seed correlation with a Fisher-z interval across seeds; the pooled
     # correlation over all trials is kept beside it (its p-value treats trials as independent).
     task_rows = lastrows[~lastrows["control"]]
     sim_rows = task_rows[task_rows["base"] | task_rows["condition"].str.startswith("sel_")]
@@ -216,14 +240,46 @@ def summarise(records: pd.DataFrame, spec: ConvergenceSpec, conds: list[dict], m
     label_rows = task_rows[task_rows["base"] | task_rows["condition"].str.startswith("labels_")]
     factors = {"demo_query_sim": sim_rows, "k": k_rows, "label_correctness": label_rows}
     summary["correlations"] = [_correlate(rows, f, m) for f, rows in factors.items() for m in ("s_icl_it", "d_icl_it")]
+    summary["headlines"] = headlines(summary, per_seed_last(b, "d_icl_it").to_numpy(float))
     return summary
 
 
 def _correlate(rows: pd.DataFrame, factor: str, metric: str) -> dict:
     per_seed = [correlation(g[factor].to_numpy(float), g[metric].to_numpy(float)) for _, g in rows.groupby("seed")]
+    pearson = np.array([c["pearson_r"] for c in per_seed], float)
     return {
         "factor": factor, "metric": metric,
         **correlation(rows[factor].to_numpy(float), rows[metric].to_numpy(float)),
-        "per_seed_pearson": t_interval([c["pearson_r"] for c in per_seed]),
-        "per_seed_spearman": t_interval([c["spearman_rho"] for c in per_seed]),
+        "per_seed_pearson": interval(pearson, "pearson_r"),
+        "per_seed_spearman": interval([c["spearman_rho"] for c in per_seed], "spearman_rho"),
+        # the test of "r > 0" runs on the Fisher-z scale, where per-seed correlations are roughly normal
+        "per_seed_test": compare(np.arctanh(np.clip(pearson, -1 + 1e-9, 1 - 1e-9)), 0.0, "fisher_z"),
     }
+
+
+FACTOR_CLAIMS = {
+    "demo_query_sim": "convergence d_icl_it rises with demonstration–query similarity",
+    "k": "convergence d_icl_it changes with the number of demonstrations (here: rises)",
+    "label_correctness": "convergence d_icl_it rises with label correctness",
+}
+
+
+def headlines(summary: dict, d_icl_it_per_seed: np.ndarray) -> list[dict]:
+    """Duan et al.'s claims, each with this run's value and a verdict (Holm over the study's tests)."""
+    p = summary["paired"]
+    out = [headline("ICL and IT move the query's last-layer state in the same direction (d_icl_it > 0)",
+                    "d_icl_it, last layer", summary["d_icl_it"]["last_layer"],
+                    "ICL behaves like IT on its demonstrations (LLaMA-2 7B/13B)",
+                    compare(d_icl_it_per_seed, 0.0, "d_icl_it")),
+           headline("instruction tuning aligns with ICL more than supervised tuning (d_icl_it > d_icl_sl)",
+                    "d_icl_it − d_icl_sl", p["d_icl_it_vs_d_icl_sl"]["diff"], "IT closer to ICL than SL",
+                    p["d_icl_it_vs_d_icl_sl"])]
+    if "d_icl_it_task_vs_control" in p:
+        out.append(headline("the convergence is task-specific (d_icl_it above an unrelated-task control)",
+                            "d_icl_it task − control", p["d_icl_it_task_vs_control"]["diff"],
+                            "— (control added by iclft)", p["d_icl_it_task_vs_control"]))
+    for c in summary["correlations"]:
+        if c["metric"] == "d_icl_it":
+            out.append(headline(FACTOR_CLAIMS[c["factor"]], f"per-seed Pearson r (d_icl_it, {c['factor']})",
+                                c["per_seed_pearson"], "positive", c["per_seed_test"]))
+    return judge(out)

@@ -51,7 +51,7 @@ from iclft.metrics.dual import (
     simaou_random,
 )
 from iclft.metrics.dualform import check_dual_form
-from iclft.metrics.stats import paired_test, per_layer_interval, t_interval
+from iclft.metrics.stats import compare, headline, interval, judge, layer_intervals
 from iclft.models.load import load
 from iclft.prompts import PromptBuilder
 from iclft.studies.common import RunSpec, execute
@@ -89,7 +89,9 @@ class DualSpec(RunSpec):
     query_chunk: int = Field(256, ge=1, description="queries held in memory at once")
 
 
-QUICK = dict(seeds=2, k=4, queries=16, lr_grid=[1e-3, 1e-2], val_size=16)
+# Dai et al.'s scale: k = 32 demonstrations, every test query (tasks beyond sentiment need the hub: dai/*).
+PAPER = dict(preset="paper", seeds=10, k=32, queries=None, val_size=200)
+QUICK = dict(preset="quick", seeds=2, k=4, queries=16, lr_grid=[1e-3, 1e-2], val_size=16)
 
 
 def resolve_task(name: str) -> Task:
@@ -124,7 +126,22 @@ def run(spec: DualSpec, out: Path) -> Path:
                 "prefix_kv_cache": True}
 
     return execute("dual", spec, out, loaded, units, unit_fn, lambda records: summarise(records, spec, loaded.info),
-                   write_report, started, extra)
+                   write_report, started, extra, examples=lambda: _examples(spec, loaded, task, builder, queries))
+
+
+def _examples(spec: DualSpec, loaded, task: Task, builder: PromptBuilder, queries: list[Example]) -> dict:
+    """The first seed's prompts for the first two queries, and its first two FT-KV training sequences."""
+    rng = random.Random(f"dual/{spec.seed_offset}")
+    demos = draw_demos(demo_pool(task, queries), spec.k, task.label_words, spec.demo_sampling, rng)
+    longest = max(queries, key=lambda q: len(builder.build(q, [], instruction=spec.instruction)))
+    demos = fit_demos(builder, demos, longest, loaded.max_len, spec.instruction)
+    return {
+        "ZSL (also what the FT-KV model sees)": [builder.build(q, [], instruction=spec.instruction).ids
+                                                 for q in queries[:2]],
+        f"ICL, k = {len(demos)}": [builder.build(q, demos, instruction=spec.instruction).ids for q in queries[:2]],
+        "FT-KV training sequences (one SGD step each)": [
+            builder.training_ids(d, None, instruction=spec.ft_instruction)[0] for d in demos[:2]],
+    }
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -340,10 +357,6 @@ def run_seed(spec: DualSpec, seed: int, loaded, task: Task, builder: PromptBuild
 
 
 # -------------------------------------------------------------------------------------------- summary
-def _interval(per_seed: np.ndarray) -> dict:
-    return {**t_interval(per_seed), "per_seed": [float(x) for x in per_seed]}
-
-
 def summarise(records: pd.DataFrame, spec: DualSpec, model_info: dict) -> dict:
     seeds = sorted(records["seed"].unique())
     n_layers = int(records["layer"].max()) + 1
@@ -359,28 +372,31 @@ def summarise(records: pd.DataFrame, spec: DualSpec, model_info: dict) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             per_seed = np.nanmean(mat, axis=1)
-        summary[metric] = _interval(per_seed)
-        per_layer[metric] = per_layer_interval(mat)
+        summary[metric] = interval(per_seed, metric)
+        per_layer[metric] = layer_intervals(mat, metric)
     trials = records[records["layer"] == 0]
     by_seed = {s: trials[trials["seed"] == s].sort_values("query") for s in seeds}
-    r2f = []
+    r2f, r2f_den = [], []
     for s in seeds:
         t = by_seed[s]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             r2f.append(rec2ftp(t["correct_zsl"].to_numpy(), t["correct_icl"].to_numpy(), t["correct_ft"].to_numpy()))
+        r2f_den.append(int((t["correct_ft"] & ~t["correct_zsl"]).sum()))  # |C_FT \ C_ZSL|: Rec2FTP's trials
         if caught:
             warnings.warn(f"seed {s}: {caught[0].message}", RuntimeWarning, stacklevel=2)
-    summary["rec2ftp"] = _interval(np.array(r2f, float))
+    summary["rec2ftp"] = interval(np.array(r2f, float), "rec2ftp", trials=np.array(r2f_den, float))
+    summary["rec2ftp_fixed_by_ft"] = [int(d) for d in r2f_den]
     for setting in SETTINGS:
-        summary[f"acc_{setting}"] = _interval(np.array([by_seed[s][f"correct_{setting}"].mean() for s in seeds]))
+        summary[f"acc_{setting}"] = interval(np.array([by_seed[s][f"correct_{setting}"].mean() for s in seeds]),
+                                             "acc", trials=np.array([len(by_seed[s]) for s in seeds], float))
     per_seed = lambda key: np.array(summary[key]["per_seed"], float)  # noqa: E731
     summary["paired"] = {  # METRICS.md: paired comparisons report paired t and Wilcoxon p-values
-        "simaou_vs_random": paired_test(per_seed("simaou"), per_seed("simaou_random")),
-        "simam_after_vs_before": paired_test(per_seed("simam_after"), per_seed("simam_before")),
-        "kendall_vs_random": paired_test(per_seed("kendall"), per_seed("kendall_random")),
-        "acc_icl_vs_acc_ft": paired_test(per_seed("acc_icl"), per_seed("acc_ft")),
-        "acc_ft_vs_acc_zsl": paired_test(per_seed("acc_ft"), per_seed("acc_zsl")),
+        "simaou_vs_random": compare(per_seed("simaou"), per_seed("simaou_random"), "simaou"),
+        "simam_after_vs_before": compare(per_seed("simam_after"), per_seed("simam_before"), "simam_after"),
+        "kendall_vs_random": compare(per_seed("kendall"), per_seed("kendall_random"), "kendall"),
+        "acc_icl_vs_acc_ft": compare(per_seed("acc_icl"), per_seed("acc_ft"), "acc"),
+        "acc_ft_vs_acc_zsl": compare(per_seed("acc_ft"), per_seed("acc_zsl"), "acc"),
     }
     summary["per_layer"] = per_layer
     summary["k_per_seed"] = {str(s): int(by_seed[s]["k"].iloc[0]) for s in seeds}
@@ -391,4 +407,21 @@ def summarise(records: pd.DataFrame, spec: DualSpec, model_info: dict) -> dict:
         "negative_control_max_abs_error": check_dual_form(perturbation=1e-3)["max_abs_error"],
     }
     summary["published"] = PUBLISHED
+    summary["headlines"] = headlines(summary)
     return summary
+
+
+def headlines(summary: dict) -> list[dict]:
+    """Dai et al.'s claims with this run's values (Holm over the study's tests)."""
+    p, pub = summary["paired"], PUBLISHED
+    both = lambda key, f="{:.3f}": " / ".join(f.format(v) for v in pub[key])  # noqa: E731
+    return judge([
+        headline("ICL recovers most of the queries FT-KV fixes over zero-shot (Rec2FTP > 0.5)", "Rec2FTP",
+                 summary["rec2ftp"], f"{both('rec2ftp', '{:.1f}')} % (GPT 1.3B / 2.7B)", threshold=0.5),
+        headline("ICL and FT-KV change the attention output in a shared direction (SimAOU above a random update)",
+                 "SimAOU", summary["simaou"], both("simaou"), p["simaou_vs_random"]),
+        headline("after FT-KV the model attends more like ICL (SimAM after > before)", "SimAM after",
+                 summary["simam_after"], f"{both('simam_before')} → {both('simam_after')}", p["simam_after_vs_before"]),
+        headline("ICL attention weights rank demonstration tokens like FT-KV's query similarities (Kendall τ above "
+                 "random)", "Kendall τ", summary["kendall"], both("kendall"), p["kendall_vs_random"]),
+    ])

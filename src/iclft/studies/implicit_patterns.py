@@ -36,7 +36,7 @@ from iclft import UserError
 from iclft.capture.core import pad_left
 from iclft.circuits.pairs import build_pairs, pair_ids
 from iclft.circuits.patching import activation_patching, attribution_patching, circuit_shift, make_pairs, top_k
-from iclft.metrics.stats import correlation, paired_test, t_interval
+from iclft.metrics.stats import REPRODUCED, compare, correlation, headline, interval, judge, verdict
 from iclft.models.load import load
 from iclft.prompts import PromptBuilder
 from iclft.studies.common import RunSpec, execute
@@ -72,7 +72,11 @@ class ImplicitSpec(RunSpec):
     top_k: int = Field(8, ge=1, description="circuit size K (top-K components by |effect|)")
 
 
+# Yin et al.'s scale: k up to 16, N up to 1024, every family.
+PAPER = dict(preset="paper", seeds=5, families=list(FAMILIES), n_eval=20, k_values=[0, 1, 2, 4, 8, 16],
+             ft_sizes=[16, 64, 256, 1024], circuit_pairs=6)
 QUICK = dict(
+    preset="quick",
     seeds=2, families=["parity", "expression"], n_eval=8, k_values=[0, 2], ft_sizes=[16],
     full=FinetuneSpec(method="full", lr=3e-4, steps=4, batch_size=8, warmup_steps=1, eval_every=2),
     lora=FinetuneSpec(method="lora", lr=3e-3, steps=4, batch_size=8, warmup_steps=1, eval_every=2),
@@ -140,7 +144,26 @@ def run(spec: ImplicitSpec, out: Path) -> Path:
     from iclft.report.implicit import write_report
 
     return execute("implicit", spec, out, loaded, units, unit_fn,
-                   lambda records: summarise(records, spec, loaded.info), write_report, started)
+                   lambda records: summarise(records, spec, loaded.info), write_report, started,
+                   examples=lambda: _examples(spec, loaded, n_train))
+
+
+def _examples(spec: ImplicitSpec, loaded, n_train: int) -> dict:
+    """The first family's first seed, as each setting sees it (for the report)."""
+    fam, seed = spec.families[0], spec.seed_offset
+    task, tests = _tasks(spec, fam, seed, n_train)
+    builder = PromptBuilder(loaded.tokenizer, task, max_len=loaded.max_len)
+    k = max(spec.k_values)
+    rng = random.Random(f"iclft/implicit/icl/{fam}/{seed}/clean")  # as in the icl unit: one draw per item
+    demos = [rng.sample(task.train, k) for _ in range(2)]
+    return {
+        f"{fam}: ZSL / FT models, clean then misleading item": [
+            builder.build(tests[v][0], [], instruction=spec.instruction).ids for v in VARIANTS],
+        f"{fam}: ICL, k = {k}": [builder.build(q, d, instruction=spec.instruction).ids
+                                 for q, d in zip(tests["clean"][:2], demos, strict=False)],
+        f"{fam}: FT training examples": [ids for ids, _ in _training_examples(builder, _train_order(task, seed)[:2],
+                                                                            spec.instruction)],
+    }
 
 
 # ------------------------------------------------------------------------------------ scoring
@@ -350,15 +373,17 @@ def _circuit_unit(spec, loaded, task, builder, base) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------ summary
 
 
-def _ti_seed(values: pd.Series) -> dict:
-    return t_interval(values.to_numpy(float))
-
-
 def _acc_table(acc: pd.DataFrame) -> pd.DataFrame:
-    """(family, setting, variant, seed) -> mean accuracy, plus family 'all' (mean over families per seed)."""
-    per = acc.groupby(["family", "setting", "variant", "seed"])["correct"].mean().rename("acc").reset_index()
-    allf = per.groupby(["setting", "variant", "seed"])["acc"].mean().reset_index().assign(family="all")
-    return pd.concat([per, allf], ignore_index=True)
+    """(family, setting, variant, seed) -> mean accuracy and its number of items, plus family 'all' (mean over
+    families per seed, over all their items)."""
+    per = acc.groupby(["family", "setting", "variant", "seed"])["correct"].agg(acc="mean", n="count").reset_index()
+    allf = per.groupby(["setting", "variant", "seed"]).agg(acc=("acc", "mean"), n=("n", "sum")).reset_index()
+    return pd.concat([per, allf.assign(family="all")], ignore_index=True)
+
+
+def _acc_interval(sub: pd.DataFrame) -> dict:
+    sub = sub.sort_values("seed")
+    return interval(sub["acc"].to_numpy(float), "acc", trials=sub["n"].to_numpy(float))
 
 
 def _settings_order(spec: ImplicitSpec) -> list[str]:
@@ -377,8 +402,7 @@ def summarise(records: pd.DataFrame, spec: ImplicitSpec, model_info: dict) -> di
                      "n_eval": spec.n_eval}
 
     def cell(fam, setting, variant):
-        sub = acc[(acc["family"] == fam) & (acc["setting"] == setting) & (acc["variant"] == variant)]
-        return _ti_seed(sub.sort_values("seed")["acc"])
+        return _acc_interval(acc[(acc["family"] == fam) & (acc["setting"] == setting) & (acc["variant"] == variant)])
 
     summary["accuracy"] = {f: {s: {v: cell(f, s, v) for v in VARIANTS} for s in settings} for f in fams}
     summary["icl_curve"] = {f: {"k": list(spec.k_values),
@@ -392,7 +416,24 @@ def summarise(records: pd.DataFrame, spec: ImplicitSpec, model_info: dict) -> di
     effects = records[(records["kind"] == "effect") & records["setting"].isin(CIRCUIT_SETTINGS)] \
         if "setting" in records else records.iloc[:0]
     summary["circuit_shift"], summary["patching_agreement"], summary["circuits"] = _circuits(effects, spec)
+    summary["headlines"] = headlines(summary)
     return summary
+
+
+def headlines(summary: dict) -> list[dict]:
+    """Yin et al.'s claims with this run's values (Holm over the study's tests)."""
+    out = []
+    for m, e in summary["icl_vs_ft"].items():
+        for v in ("misleading", "clean"):
+            out.append(headline(f"ICL ({e['icl']}) beats FT {m} ({e['ft']}) on {v} items (mean over families)",
+                                f"accuracy ICL − FT {m}, {v}", e[v]["diff"],
+                                "ICL ≫ FT (Qwen 0.5B–7B)", e[v]["paired"]))
+    sh = summary["circuit_shift"].get("all", {})
+    if sh.get("paired"):
+        out.append(headline("ICL shifts the circuit from the base model more than FT does (1 − cos of patching "
+                            "effects)", "circuit shift ICL − FT", sh["paired"]["diff"],
+                            "ICL's larger circuit shift explains why it wins", sh["paired"]))
+    return judge(out)
 
 
 def _ft_steps(curve: pd.DataFrame, spec: ImplicitSpec) -> dict:
@@ -405,7 +446,8 @@ def _ft_steps(curve: pd.DataFrame, spec: ImplicitSpec) -> dict:
             steps = sorted(per_seed["step"].unique().tolist())
             entry = {"step": [int(s) for s in steps]}
             for col, key in (("loss", "loss"), ("acc_clean", "clean"), ("acc_misleading", "misleading")):
-                entry[key] = [_ti_seed(per_seed[per_seed["step"] == s].sort_values("seed")[col]) for s in steps]
+                entry[key] = [interval(per_seed[per_seed["step"] == s].sort_values("seed")[col].to_numpy(float),
+                                       "loss" if key == "loss" else "acc", trials=spec.curve_eval) for s in steps]
             out[m][str(n)] = entry
     return out
 
@@ -423,11 +465,10 @@ def _icl_vs_ft(acc: pd.DataFrame, spec: ImplicitSpec) -> dict:
             a = allf[(allf["setting"] == icl) & (allf["variant"] == v)].set_index("seed")["acc"]
             b = allf[(allf["setting"] == ft) & (allf["variant"] == v)].set_index("seed")["acc"]
             seeds = sorted(set(a.index) & set(b.index))
-            d = (a[seeds] - b[seeds]).to_numpy(float)
-            ti = t_interval(d)
-            entry[v] = {"diff": ti, "paired": paired_test(a[seeds].to_numpy(float), b[seeds].to_numpy(float)),
-                        "icl_beats_ft": bool(ti["ci_low"] > 0) if ti["ci_low"] == ti["ci_low"] else False,
-                        "ft_beats_icl": bool(ti["ci_high"] < 0) if ti["ci_high"] == ti["ci_high"] else False}
+            test = compare(a[seeds].to_numpy(float), b[seeds].to_numpy(float), "acc")
+            entry[v] = {"diff": test["diff"], "paired": test,
+                        "icl_beats_ft": verdict(test, None, +1) == REPRODUCED,
+                        "ft_beats_icl": verdict(test, None, -1) == REPRODUCED}
         out[m] = entry
     return out
 
@@ -457,19 +498,25 @@ def _circuits(effects: pd.DataFrame, spec: ImplicitSpec):
             sh = circuit_shift(e0, vec[s][col].to_numpy(float), spec.top_k)
             per_unit.setdefault((fam, s), []).append({"seed": seed, **sh})
     for fam in spec.families:
-        shift[fam] = {s: {m: t_interval([r[m] for r in per_unit.get((fam, s), [])]) for m in ("cosine", "jaccard")}
-                      for s in ("icl", "ft")}
+        shift[fam] = {s: {m: interval([r[m] for r in per_unit.get((fam, s), [])], f"shift_{m}")
+                          for m in ("cosine", "jaccard")} for s in ("icl", "ft")}
     # "all": per seed, the mean shift over families
     shift["all"] = {}
+    by_seed = {}
     for s in ("icl", "ft"):
         rows = pd.DataFrame([{"family": f, **r} for f in spec.families for r in per_unit.get((f, s), [])])
-        shift["all"][s] = {m: (t_interval(rows.groupby("seed")[m].mean().to_numpy(float)) if len(rows)
-                               else t_interval([])) for m in ("cosine", "jaccard")}
+        by_seed[s] = rows.groupby("seed")["cosine"].mean() if len(rows) else pd.Series(dtype=float)
+        shift["all"][s] = {m: interval(rows.groupby("seed")[m].mean().to_numpy(float) if len(rows) else [],
+                                       f"shift_{m}") for m in ("cosine", "jaccard")}
+    seeds = sorted(set(by_seed["icl"].index) & set(by_seed["ft"].index))
+    if seeds:  # paired by seed: does ICL move the circuit further than FT?
+        shift["all"]["paired"] = compare(by_seed["icl"][seeds].to_numpy(float), by_seed["ft"][seeds].to_numpy(float),
+                                         "shift_cosine")
     ag = pd.DataFrame(agree_rows)
 
     def agg(df):
-        return {k: t_interval(df[k].to_numpy(float) if len(df) else []) for k in ("spearman", "spearman_top",
-                                                                               "speedup")}
+        return {k: interval(df[k].to_numpy(float) if len(df) else [], "speedup" if k == "speedup" else
+                            "patching_spearman") for k in ("spearman", "spearman_top", "speedup")}
 
     agreement = {"setting": "base", **agg(ag[ag["setting"] == "base"] if len(ag) else ag),
                  "by_setting": {s: agg(ag[ag["setting"] == s] if len(ag) else ag) for s in CIRCUIT_SETTINGS},

@@ -1,0 +1,92 @@
+"""`iclft run all --quick`: honest intervals in every summary, verdicts, the index page, methods and data."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from iclft.metrics.stats import TOO_FEW
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+STUDIES = ("convergence", "dual", "implicit")
+
+
+@pytest.fixture(scope="module")
+def all_quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("all") / "run"
+    proc = subprocess.run([sys.executable, "-m", "iclft", "run", "all", "--quick", "--out", str(out)], env=ENV,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def _intervals(node, path=""):
+    """Every interval dict in a summary, with where it sits."""
+    if isinstance(node, dict):
+        if "method" in node and "ci_low" in node and "range" in node:
+            yield path, node
+        for k, v in node.items():
+            yield from _intervals(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _intervals(v, f"{path}[{i}]")
+
+
+def _inside(x, lo, hi):
+    return x != x or ((lo is None or x >= lo - 1e-12) and (hi is None or x <= hi + 1e-12))
+
+
+def test_every_summary_interval_lies_in_its_range(all_quick):
+    for study in STUDIES:
+        summary = json.loads((all_quick / study / "summary.json").read_text())
+        found = list(_intervals(summary))
+        assert len(found) > 10, study
+        for where, d in found:
+            lo, hi = d["range"]
+            for key in ("ci_low", "mean", "ci_high"):
+                assert _inside(d[key], lo, hi), (study, where, d)
+            if d["ci_low"] == d["ci_low"]:
+                assert d["ci_low"] <= d["mean"] <= d["ci_high"], (study, where, d)
+
+
+def test_two_seeds_give_no_verdict(all_quick):
+    for study in STUDIES:
+        heads = json.loads((all_quick / study / "summary.json").read_text())["headlines"]
+        assert heads, study
+        for h in heads:
+            assert h["verdict"] == TOO_FEW, (study, h["claim"])
+            assert h["paper"] and h["value"]["n"] == 2
+
+
+def test_index_answers_the_question(all_quick):
+    html = (all_quick / "report.html").read_text()
+    rows = list(csv.reader((all_quick / "headlines.csv").open()))
+    n_heads = sum(len(json.loads((all_quick / s / "summary.json").read_text())["headlines"]) for s in STUDIES)
+    assert len(rows) == n_heads + 1 and rows[0][-1] == "verdict"
+    assert html.count(TOO_FEW) == n_heads
+    for study in STUDIES:
+        assert f'href="{study}/report.html"' in html
+    assert "Holm" in html and "preset quick" in html
+
+
+def test_study_reports_carry_methods_and_data(all_quick):
+    for study in STUDIES:
+        out = all_quick / study
+        html = (out / "report.html").read_text()
+        for text in ("Headline findings", "Methods and data", "per-seed values behind each headline",
+                     "exact spec (spec.yaml)", 'class="tok"', "data:text/csv;base64,", "Preset <b>quick</b>",
+                     "Wilson", "Fisher z"):
+            assert text in html, (study, text)
+        sha = json.loads((out / "manifest.json").read_text())["model"]["model_sha256"]
+        assert sha[:16] in html
+        examples = json.loads((out / "examples.json").read_text())
+        assert len(examples) >= 3 and all(len(v) >= 1 and all(isinstance(t, str) for t in v[0])
+                                          for v in examples.values())
+        tables = sorted((out / "tables").glob("*.csv"))
+        assert tables, study
+        for t in tables:
+            assert len(pd.read_csv(t)) >= 1
