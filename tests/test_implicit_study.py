@@ -82,7 +82,7 @@ def test_quick_run_files_and_summary(quick_run):
     # ZSL is the k = 0 prompt: identical numbers
     assert s["accuracy"]["all"]["zsl"] == s["accuracy"]["all"]["icl_k0"]
     html = (out / "report.html").read_text()
-    assert "ICL vs FT" in html and "data:image/png;base64" in html
+    assert "beats FT" in html and "Headline findings" in html and "data:image/png;base64" in html
     rec = pd.read_parquet(out / "records.parquet")
     assert set(rec["kind"]) == {"acc", "curve", "effect"}
     steps = rec[rec["kind"] == "curve"]["step"].unique().tolist()

@@ -59,7 +59,7 @@ def test_two_seeds_give_no_verdict(all_quick):
         assert heads, study
         for h in heads:
             assert h["verdict"] == TOO_FEW, (study, h["claim"])
-            assert h["paper"] and h["value"]["n"] == 2
+            assert h["paper"] and h["value"]["n"] <= 2  # Rec2FTP is NaN for seeds where FT fixes nothing
 
 
 def test_index_answers_the_question(all_quick):
