@@ -1,95 +1,39 @@
 """Capture cost vs plain HF forwards, measured side by side in one run on the same prompts.
 
-    .venv/bin/python benchmarks/bench_capture.py [--model builtin] [--prompts 64] [--k 4] [--batch 16]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_capture.py [--model builtin|deep|PATH] [--prompts 64]
+        [--k 4] [--batch 16]
 
 Prints: capture (all resid_post sites + logits) vs a plain batched HF forward with output_hidden_states
-(target <= 1.15x), vs a one-prompt-at-a-time loop (target >= 5x faster), and peak-memory ratio (<= 1.2x).
+(target: capture/HF <= 1.15x), vs a one-prompt-at-a-time loop, and the peak-memory ratio (target <= 1.2x).
+The measuring code is `iclft.bench.bench_capture` (also run by `iclft bench`).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
-import random
-import time
 
 import torch
 
-from iclft.capture import capture, site_names
-from iclft.capture.core import pad_left
-from iclft.models.load import load
-from iclft.prompts import PromptBuilder
-from iclft.tasks import get_task
-
-
-def timed(fn, repeats=3):
-    best = float("inf")
-    for _ in range(repeats):
-        gc.collect()
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+from iclft.bench import bench_capture, format_table, load_model
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="builtin")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="builtin", help="'builtin', 'deep' (24-layer random Llama) or a model")
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each way (the best counts)")
     args = ap.parse_args()
 
-    loaded = load(args.model)
-    task = get_task("sentiment")
-    b = PromptBuilder(loaded.tokenizer, task, loaded.max_len)
-    rng = random.Random(0)
-    prompts = [b.build(q, rng.sample(task.train, args.k)).ids for q in task.test[: args.prompts]]
-    n_layers = loaded.info["n_layers"]
-    sites = site_names(n_layers)
-    model, fam, pad = loaded.model, loaded.family, loaded.tokenizer.pad_token_id
-
-    def ours():
-        capture(model, fam, prompts, sites, pad_id=pad, batch_size=args.batch, logits=True)
-
-    @torch.no_grad()
-    def hf_batched():
-        # the same batching (length-sorted, left padding, position ids) but HF's own hidden-state output
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        keep = []
-        for s in range(0, len(order), args.batch):
-            ids, mask, pos = pad_left([prompts[i] for i in order[s:s + args.batch]], pad, "cpu")
-            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True)
-            keep.append(([h[:, -1].clone() for h in out.hidden_states[1:]], out.logits[:, -1].clone()))
-
-    def one_at_a_time():
-        capture(model, fam, prompts, sites, pad_id=pad, batch_size=1, logits=True)
-
-    ours()  # warm-up
-    t_ours, t_hf, t_single = timed(ours), timed(hf_batched), timed(one_at_a_time, repeats=1)
-    m_ours, m_hf = _peak_tensor_bytes(ours), _peak_tensor_bytes(hf_batched)
-    print(f"model={args.model} prompts={len(prompts)} k={args.k} batch={args.batch} layers={n_layers} "
-          f"threads={torch.get_num_threads()}")
-    print(f"capture (iclft)             {t_ours:8.3f} s")
-    print(f"HF batched hidden_states    {t_hf:8.3f} s   ratio capture/HF = {t_ours / t_hf:.3f}x (target <= 1.15x)")
-    print(f"one prompt at a time        {t_single:8.3f} s   speed-up = {t_single / t_ours:.2f}x (target >= 5x)")
-    print(f"peak tensor memory          {m_ours / 2**20:8.1f} MiB vs HF {m_hf / 2**20:.1f} MiB   "
-          f"ratio = {m_ours / m_hf:.3f}x (target <= 1.2x)")
-
-
-def _peak_tensor_bytes(fn) -> int:
-    """Peak bytes of live CPU tensor storage while fn runs (torch's CPU allocator profiler)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    # running sum of allocations/frees in event order gives the live-bytes curve; take its maximum
-    events = sorted((e for e in prof.events() if e.cpu_memory_usage != 0), key=lambda e: e.time_range.start)
-    live = peak = 0
-    for e in events:
-        live += e.cpu_memory_usage
-        peak = max(peak, live)
-    return peak
+    loaded = load_model(args.model)
+    r = bench_capture(loaded, prompts=args.prompts, k=args.k, batch=args.batch, repeats=args.repeats, single=True)
+    print(f"model={loaded.name} layers={loaded.info['n_layers']} threads={torch.get_num_threads()}; {r['sizes']}")
+    print(format_table([r]))
+    print(f"capture/HF time ratio    {r['fast_s'] / r['baseline_s']:.3f}x (target <= 1.15x)")
+    print(f"one prompt at a time     {r['single_s']:.3f} s: one-at-a-time / batched = {r['speedup_vs_single']:.2f}x")
+    print(f"peak tensor memory       {r['peak_mib']:.1f} MiB vs HF {r['baseline_peak_mib']:.1f} MiB: "
+          f"ratio {r['mem_ratio']:.3f}x (target <= 1.2x)")
 
 
 if __name__ == "__main__":

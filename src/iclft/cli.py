@@ -152,5 +152,26 @@ def pretrain(
     typer.echo(f"model: {run_pretrain(out, seed=seed, minutes=minutes)}")
 
 
+@app.command()
+@user_errors
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="small sizes and a small deep model: a smoke test"),
+    out: Path | None = typer.Option(None, "--out", help="also save the table (rows, sizes, models) as JSON"),
+):
+    """Every fast path vs the slow way it replaces, measured side by side in one run: one table of ratios."""
+    _setup_logging()
+    import json
+
+    from iclft.bench import format_table, run_bench
+
+    result = run_bench("quick" if quick else "default", log=typer.echo)
+    typer.echo(f"torch {result['torch']}, {result['torch_threads']} thread(s), total {result['wall_s']:.0f} s\n")
+    typer.echo(format_table(result["rows"]))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+        typer.echo(f"table: {out}")
+
+
 def main():  # pragma: no cover
     sys.exit(app())

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
 from dataclasses import dataclass, field
 
@@ -81,6 +82,7 @@ def capture(
             raise ValueError(f"site {site!r}: the model has {n_layers} blocks")
 
     device = next(model.parameters()).device
+    head_kw = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # less padding per batch
     per_batch: dict[str, list] = {s: [] for s, _, _ in parsed}
     batch_logits = []
@@ -115,7 +117,8 @@ def capture(
                 ids, mask, pos = pad_left(seqs, pad_id, device)
                 current.clear()
                 current_shape[:] = ids.shape
-                out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+                # the LM head only at the last position: logits are only ever read there
+                out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, **head_kw)
                 if logits:
                     batch_logits.append(out.logits[:, -1].float().cpu())
                 lens = [len(s) for s in seqs]

@@ -17,6 +17,7 @@ An extra last-token site `blocks.{l}.attn.q` gives the query vector of the last 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
 
 import torch
@@ -48,14 +49,36 @@ def prefix_cache(model, prefix: list[int]):
         return None
     device = next(model.parameters()).device
     ids = torch.tensor([prefix], dtype=torch.long, device=device)
-    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **keep_last(model))
     cache = out.past_key_values
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
+def keep_last(model) -> dict:
+    """`logits_to_keep=1` where the model takes it: the LM head only at the last position."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
+def cache_of(model, kv, batch: int | None = None) -> DynamicCache:
+    """A DynamicCache over per-layer (keys, values) that does not copy them; with `batch`, batch-1 tensors
+    are expanded to `batch` rows as stride-0 views. The forward pass appends to the cache by concatenation
+    (a new tensor), so `kv` itself is never changed; that concatenation is then the only copy of the
+    prefix per forward pass (building the cache from the tensors directly would copy them once more)."""
+    grow = (lambda t: t.expand(batch, -1, -1, -1)) if batch is not None else (lambda t: t)
+    cache = DynamicCache(ddp_cache_data=[(k[:, :, :0], v[:, :, :0]) for k, v in kv], config=model.config)
+    layers = getattr(cache, "layers", None)
+    if layers is not None and len(layers) == len(kv) and all(
+            isinstance(getattr(layer, "keys", None), torch.Tensor) and isinstance(getattr(layer, "values", None),
+                                                                                  torch.Tensor)
+            and getattr(layer, "is_initialized", True) for layer in layers):
+        for layer, (k, v) in zip(layers, kv, strict=True):
+            layer.keys, layer.values = grow(k), grow(v)
+        return cache
+    return DynamicCache(ddp_cache_data=[(grow(k), grow(v)) for k, v in kv], config=model.config)
+
+
 def _expand_cache(model, kv, batch: int) -> DynamicCache:
-    data = [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in kv]
-    return DynamicCache(ddp_cache_data=data, config=model.config)
+    return cache_of(model, kv, batch)
 
 
 @torch.no_grad()
@@ -126,20 +149,24 @@ def capture_prefixed(
                 shape[:] = ids.shape
                 if rec is not None:
                     rec.clear()
-                kwargs = dict(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device))
+                kwargs = dict(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                              **keep_last(model))
                 if kv is not None:
                     out = model(**kwargs, past_key_values=_expand_cache(model, kv, b), use_cache=True)
                 else:
                     out = model(**kwargs, use_cache=False)
+                # one q·k product per layer for the whole batch (not one per prompt), moved to the CPU once
+                scores = {layer: rec.scores_last(layer).cpu() for _, layer, kind in parsed if kind == "attn.scores"}
+                last_logits = out.logits[:, -1].float().cpu() if logits else None
                 for j, i in enumerate(idx):
                     n = len(seqs[j])
                     if logits:
-                        all_logits[i] = out.logits[j, -1].float().cpu()
+                        all_logits[i] = last_logits[j]
                     for site, layer, kind in parsed:
                         if kind == "attn.scores":
-                            s = rec.scores_last(layer)[j]  # (heads, n_prefix + width)
+                            s = scores[layer][j]  # (heads, n_prefix + width)
                             s = torch.cat([s[:, :n_prefix], s[:, n_prefix + width - n:]], dim=-1)
-                            got[site][i] = s.cpu()
+                            got[site][i] = s
                         elif kind == "attn.q":
                             got[site][i] = rec.queries[layer][j, :, -1].float().cpu()
                         else:

@@ -30,7 +30,7 @@ from iclft.prompts import Embedder, PromptBuilder, corrupt_labels, select_demos
 from iclft.studies.common import RunSpec, execute
 from iclft.sweep import Unit
 from iclft.tasks import get_task
-from iclft.tuning import LoraConfigSpec, LoraSession
+from iclft.tuning import LoraConfigSpec, StackedLora
 
 METRICS = CONVERGENCE_KEYS
 
@@ -40,19 +40,21 @@ class ConvergenceSpec(RunSpec):
     control_task: str | None = Field(
         "implicit/boolean", description="unrelated task whose demonstrations form the control (None: no control)"
     )
-    queries_per_seed: int = Field(4, ge=1, description="test queries per seed (paired across conditions)")
+    seeds: int = Field(6, ge=1, description="number of seeds (trials are repeated per seed)")
+    queries_per_seed: int = Field(3, ge=1, description="test queries per seed (paired across conditions)")
     k_values: list[int] = Field([1, 2, 4, 8], description="numbers of demonstrations swept")
     base_k: int = Field(4, ge=1, description="k used while selection / labels / control vary")
     selections: list[str] = Field(["random", "most_similar", "least_similar"], description="demo selection")
     label_modes: list[str] = Field(["gold", "flipped", "random"], description="label correctness")
     candidates: int = Field(256, ge=1, description="candidate pool size for similarity-based selection")
     embedder: str = Field("all-MiniLM-L6-v2", description="sentence-transformers name or path")
-    lora: LoraConfigSpec = Field(default_factory=LoraConfigSpec, description="IT / SL adapters")
+    lora: LoraConfigSpec = Field(default_factory=lambda: LoraConfigSpec(steps=10, lr=3e-3),
+                                 description="IT / SL adapters (the paper preset: 30 steps at 1e-3)")
 
 
 # Duan et al.'s scale: 30 seeds, k up to 8, 30 LoRA steps per adapter.
 PAPER = dict(preset="paper", seeds=30, queries_per_seed=4, k_values=[1, 2, 4, 8], candidates=256,
-             lora=LoraConfigSpec(steps=30))
+             lora=LoraConfigSpec(steps=30, lr=1e-3))
 QUICK = dict(preset="quick", seeds=2, queries_per_seed=2, k_values=[1, 4], base_k=4, candidates=32,
              lora=LoraConfigSpec(steps=8))
 
@@ -151,16 +153,20 @@ def _run_unit(spec, cond, seed, loaded, task, control, builder, embedder, n_laye
     h_zsl, logits_zsl = anchor.stack("resid_post", n_layers), anchor.logits
     h_icl, logits_icl = shown.stack("resid_post", n_layers), shown.logits
 
-    h_it, h_sl, logits_it, logits_sl = [], [], [], []
-    with LoraSession(model, fam, spec.lora) as lora:
-        for i, (_q, demos, labels) in enumerate(trials):
-            for with_instruction, hs, ls in ((True, h_it, logits_it), (False, h_sl, logits_sl)):
-                examples = [builder.training_ids(d, lab, with_instruction, demo_task)
-                            for d, lab in zip(demos, labels, strict=True)]
-                lora.train(examples, seed=zlib.crc32(f"{seed}/{cond['name']}/{i}".encode()), pad_id=pad)
-                c = capture(model, fam, [zsl[i]], sites, pad_id=pad, logits=True)
-                hs.append(c.stack("resid_post", n_layers)[0])
-                ls.append(c.logits[0])
+    # Every IT and SL adapter of the unit (2 per query) trains at once, each on its own examples from its own
+    # seed; equal to one sequential PEFT training per trial (tests/test_stacked_lora.py).
+    jobs = [(i, with_instruction) for i in range(len(trials)) for with_instruction in (True, False)]
+    examples = [[builder.training_ids(d, lab, w, demo_task) for d, lab in zip(trials[i][1], trials[i][2], strict=True)]
+                for i, w in jobs]
+    seeds = [zlib.crc32(f"{seed}/{cond['name']}/{i}".encode()) for i, _ in jobs]  # IT and SL share a query's seed
+    tuned = {}
+    with StackedLora(model, fam, spec.lora) as lora:
+        lora.train(examples, seeds, pad_id=pad)
+        for j, (i, w) in enumerate(jobs):  # one prompt at a time, as the ZSL anchor was captured
+            c = lora.capture([zsl[i]], [j], sites, pad_id=pad, logits=True)
+            tuned[i, w] = (c.stack("resid_post", n_layers)[0], c.logits[0])
+    h_it, logits_it = [tuned[i, True][0] for i in range(len(trials))], [tuned[i, True][1] for i in range(len(trials))]
+    h_sl, logits_sl = [tuned[i, False][0] for i in range(len(trials))], [tuned[i, False][1] for i in range(len(trials))]
 
     gold_idx = np.array([task.label_words.index(q.label) for q, _, _ in trials])
     correct = {name: predict_labels(torch.stack(lg) if isinstance(lg, list) else lg, builder.label_token_ids)

@@ -25,6 +25,7 @@ import inspect
 import logging
 import random
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ class ImplicitSpec(RunSpec):
     rules: dict[str, str] = Field({}, description="family -> rule; default: the held-out rule (DEFAULT_RULE)")
     n_eval: int = Field(20, ge=1, description="test items per variant (clean / misleading) per seed")
     k_values: list[int] = Field([0, 1, 2, 4, 8, 16], description="ICL numbers of demonstrations")
-    ft_sizes: list[int] = Field([16, 64, 256, 1024], description="FT numbers of training samples N")
+    ft_sizes: list[int] = Field([16, 64, 256], description="FT numbers of training samples N (paper: to 1024)")
     ft_methods: list[str] = Field(["full", "lora"], description="fine-tuning methods")
     full: FinetuneSpec = Field(default_factory=lambda: FinetuneSpec(method="full", lr=3e-4, steps=20, epochs=2),
                                description="full fine-tuning")
@@ -307,6 +308,22 @@ def _train_order(task, seed: int) -> list:
     return random.Random(f"iclft/implicit/ft/{task.name}/{seed}").sample(task.train, len(task.train))
 
 
+# The circuits unit fine-tunes exactly what the ft_<circuit_ft> unit of its family and seed fine-tunes at
+# N = circuit_n (same examples, spec, seed and base model; that unit's `evaluate` only reads the model), so
+# when both run in one process the ft unit hands its tuned model over instead of it being trained twice.
+# One entry at most, keyed by every input of `finetune`; the circuits unit pops it.
+_FT_HANDOVER: dict = {}
+
+
+def _ft_key(loaded, examples, ft: FinetuneSpec, seed: int) -> tuple:
+    return (id(loaded.model), loaded.family.name, loaded.tokenizer.pad_token_id, ft.model_dump_json(), seed,
+            tuple((tuple(ids), tuple(mask)) for ids, mask in examples))
+
+
+def _circuit_n(spec: ImplicitSpec) -> int:
+    return spec.circuit_n or max(spec.ft_sizes)
+
+
 def _ft_unit(spec, loaded, method, task, tests, builder, scorer, base) -> pd.DataFrame:
     ft = _ft_spec(spec, method)
     pool = _train_order(task, base["seed"])
@@ -328,6 +345,9 @@ def _ft_unit(spec, loaded, method, task, tests, builder, scorer, base) -> pd.Dat
                          "acc_misleading": h["acc_misleading"]})
         for v in VARIANTS:
             rows += _acc_rows(base, f"ft_{method}_N{n}", method, np.nan, n, v, scorer(res.model, zsl[v], golds[v]))
+        if spec.circuit_pairs and method == spec.circuit_ft and n == _circuit_n(spec):
+            _FT_HANDOVER.clear()
+            _FT_HANDOVER[_ft_key(loaded, examples, ft, base["seed"])] = (weakref.ref(loaded.model), res.model)
         del res
     return pd.DataFrame(rows)
 
@@ -347,9 +367,12 @@ def _circuit_unit(spec, loaded, task, builder, base) -> pd.DataFrame:
     demos = [rng.sample(task.train, spec.circuit_k) for _ in pairs]
     pad = loaded.tokenizer.pad_token_id
     ft_method = spec.circuit_ft
-    n_ft = spec.circuit_n or max(spec.ft_sizes)
+    n_ft = _circuit_n(spec)
     examples = _training_examples(builder, _train_order(task, seed)[:n_ft], spec.instruction)
-    ft_model = finetune(loaded.model, loaded.family, examples, _ft_spec(spec, ft_method), seed=seed, pad_id=pad).model
+    ft_spec = _ft_spec(spec, ft_method)
+    base_ref, ft_model = _FT_HANDOVER.pop(_ft_key(loaded, examples, ft_spec, seed), (None, None))
+    if ft_model is None or base_ref() is not loaded.model:  # not handed over (e.g. a resumed run): train it here
+        ft_model = finetune(loaded.model, loaded.family, examples, ft_spec, seed=seed, pad_id=pad).model
     settings = {
         "base": (loaded.model, [pair_ids(builder, p, [], spec.instruction) for p in pairs]),
         "icl": (loaded.model, [pair_ids(builder, p, d, spec.instruction) for p, d in zip(pairs, demos, strict=True)]),

@@ -2,8 +2,11 @@
 
 LoraSession: LoRA adapters via PEFT (IT = with the instruction, SL = without), re-initialised from a
 seed per trial; leaving the session removes every adapter layer, restoring the original modules.
+StackedLora: B such trials trained at once (one adapter per trial, stacked), the same numbers up to float
+noise; and a batched capture with each prompt through its own adapter.
 """
 
 from iclft.tuning.lora import LoraConfigSpec, LoraSession
+from iclft.tuning.stacked import StackedLora
 
-__all__ = ["LoraConfigSpec", "LoraSession"]
+__all__ = ["LoraConfigSpec", "LoraSession", "StackedLora"]

@@ -18,6 +18,18 @@ class LoraConfigSpec(BaseModel):
     loss_on: str = Field("answer", description="'answer' (label tokens only) or 'all' tokens")
 
 
+def weights_transposed(family: Family) -> bool:
+    """Whether the family's LoRA targets store weights as (in, out): GPT-2's Conv1D does (PEFT's fan_in_fan_out)."""
+    return family.name == "gpt2"
+
+
+def target_modules(model, targets) -> list[tuple[str, torch.nn.Module]]:
+    """The modules PEFT adapts for `target_modules=targets` (name equal to, or ending in ".<target>"), in
+    model order: the order of PEFT's LoRA parameters, hence of the init draws in `LoraSession.reset`."""
+    return [(n, m) for n, m in model.named_modules()
+            if any(n == t or n.endswith("." + t) for t in targets) and hasattr(m, "weight")]
+
+
 class LoraSession:
     """Inject LoRA once, re-initialise + train per trial, remove on exit.
 
@@ -40,7 +52,7 @@ class LoraSession:
             lora_dropout=self.spec.dropout,
             target_modules=list(self.spec.targets or self.family.lora_targets),
             bias="none",
-            fan_in_fan_out=self.family.name == "gpt2",  # GPT-2's Conv1D stores weights transposed
+            fan_in_fan_out=weights_transposed(self.family),
         )
         self.peft = get_peft_model(self.model, cfg)
         self.peft.eval()
@@ -68,21 +80,19 @@ class LoraSession:
     def train(self, examples: list[tuple[list[int], list[int]]], seed: int, pad_id: int) -> list[float]:
         """Full-batch AdamW on the demonstrations; returns the loss per step."""
         self.reset(seed)
-        from iclft.tuning.finetune import lm_batch
+        from iclft.tuning.finetune import lm_batch, lm_loss, takes_logits_to_keep
 
         ids, mask, pos, labels = lm_batch(examples, range(len(examples)), pad_id, self.spec.loss_on,
                                           self.params[0].device)
         for p in self.params:
             p.requires_grad_(True)
         opt = torch.optim.AdamW(self.params, lr=self.spec.lr, weight_decay=0.0)
+        keep = takes_logits_to_keep(self.model)  # the LM head only where a label is predicted: same loss
         losses = []
         # The model stays in eval mode: base-model dropout (GPT-2 has it) would make trials irreproducible.
         try:
             for _ in range(self.spec.steps):
-                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
-                loss = torch.nn.functional.cross_entropy(
-                    logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1)
-                )
+                loss = lm_loss(self.model, ids, mask, pos, labels, keep)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
