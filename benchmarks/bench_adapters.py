@@ -1,14 +1,15 @@
 """Per-trial LoRA tuning: B stacked adapters (StackedLora) vs B sequential PEFT trainings (LoraSession).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_adapters.py [--sizes 8 32 128] [--quick]
-        [--steps 30] [--k 4] [--seq-limit N]
+        [--steps 30] [--k 4] [--repeats R] [--seq-limit N]
 
 Trials are the convergence study's: sentiment queries, k random demonstrations each, trial 2i the IT adapter
 (demonstrations with the instruction) and trial 2i+1 the SL adapter (without) of query i, both from query
 i's seed; default LoraConfigSpec (30 steps). Each way trains its B adapters and captures every trial's ZSL
 prompt (resid_post at the last token, all layers, + logits) through its own adapter; both run side by side
 in one process on the built-in model. Printed per B: wall time of each way, the ratio, and the max |diff| of
-the hidden states, logits and per-step losses. Target: >= 4x at B = 32 on CPU.
+the hidden states, logits and per-step losses. Target: >= 4x at B = 32 on CPU. With --repeats R each way runs
+R times, alternating (so both see the same machine load), and the best time counts.
 
 --seq-limit N runs the sequential way on the first N trials only (for a large B); the printout then says so and
 compares the two ways per trial on those N trials — nothing is extrapolated.
@@ -17,13 +18,14 @@ compares the two ways per trial on those N trials — nothing is extrapolated.
 from __future__ import annotations
 
 import argparse
+import functools
 import random
-import time
 import warnings
 import zlib
 
 import torch
 
+from iclft.bench import side_by_side
 from iclft.capture import capture, site_names
 from iclft.models.load import load
 from iclft.prompts import PromptBuilder, select_demos
@@ -67,18 +69,13 @@ def stacked(loaded, spec, trials, sites, n_layers):
     return torch.tensor(losses), c.stack("resid_post", n_layers), c.logits
 
 
-def timed(fn, *args):
-    t0 = time.perf_counter()
-    out = fn(*args)
-    return time.perf_counter() - t0, out
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[8, 32, 128], help="numbers of trials B")
     ap.add_argument("--quick", action="store_true", help="B = 8 only")
     ap.add_argument("--steps", type=int, default=LoraConfigSpec().steps)
     ap.add_argument("--k", type=int, default=4, help="demonstrations per trial")
+    ap.add_argument("--repeats", type=int, default=1, help="timed runs of each way, alternating (the best counts)")
     ap.add_argument("--seq-limit", type=int, default=None, help="sequential way on the first N trials only")
     args = ap.parse_args()
     warnings.simplefilter("ignore", FutureWarning)  # PEFT calls a transformers API deprecated in v5
@@ -99,8 +96,9 @@ def main():
     for b in sizes:
         trials = make_trials(loaded, b, args.k)
         n_seq = min(b, args.seq_limit or b)
-        t_stk, (l_stk, h_stk, g_stk) = timed(stacked, loaded, spec, trials, sites, n_layers)
-        t_seq, (l_seq, h_seq, g_seq) = timed(sequential, loaded, spec, trials[:n_seq], sites, n_layers)
+        t_seq, (l_seq, h_seq, g_seq), t_stk, (l_stk, h_stk, g_stk) = side_by_side(
+            functools.partial(sequential, loaded, spec, trials[:n_seq], sites, n_layers),
+            functools.partial(stacked, loaded, spec, trials, sites, n_layers), args.repeats, args.repeats)
         if n_seq == b:
             ratio = f"{t_seq / t_stk:6.2f}x"
         else:  # per trial: the sequential way measured on n_seq trials, the stacked way on all b

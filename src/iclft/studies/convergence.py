@@ -146,27 +146,27 @@ def _run_unit(spec, cond, seed, loaded, task, control, builder, embedder, n_laye
     sites = site_names(n_layers)
     zsl = [builder.build(q, [], instruction=True).ids for q, _, _ in trials]
     icl = [builder.build(q, d, lab, instruction=True, demo_task=demo_task).ids for q, d, lab in trials]
-    # ZSL prompts run one at a time, exactly as the IT / SL models see them below, so h_IT - h_ZSL holds no
-    # padding-layout noise (it matters in bf16).
-    anchor = capture(model, fam, zsl, sites, pad_id=pad, batch_size=1, logits=True)
     shown = capture(model, fam, icl, sites, pad_id=pad, batch_size=spec.batch_size, logits=True)
-    h_zsl, logits_zsl = anchor.stack("resid_post", n_layers), anchor.logits
     h_icl, logits_icl = shown.stack("resid_post", n_layers), shown.logits
 
-    # Every IT and SL adapter of the unit (2 per query) trains at once, each on its own examples from its own
-    # seed; equal to one sequential PEFT training per trial (tests/test_stacked_lora.py).
-    jobs = [(i, with_instruction) for i in range(len(trials)) for with_instruction in (True, False)]
-    examples = [[builder.training_ids(d, lab, w, demo_task) for d, lab in zip(trials[i][1], trials[i][2], strict=True)]
-                for i, w in jobs]
-    seeds = [zlib.crc32(f"{seed}/{cond['name']}/{i}".encode()) for i, _ in jobs]  # IT and SL share a query's seed
-    tuned = {}
+    # All IT and SL adapters of the unit train at once: adapter 2i is query i's IT (demonstrations with the
+    # instruction), 2i+1 its SL (without); both start from query i's seed, as they always have. Equal to one
+    # sequential PEFT training per trial up to float noise (tests/test_stacked_lora.py).
+    tuning = [[builder.training_ids(d, lab, with_instruction, demo_task) for d, lab in zip(demos, labels, strict=True)]
+              for _q, demos, labels in trials for with_instruction in (True, False)]
+    seeds = [zlib.crc32(f"{seed}/{cond['name']}/{i}".encode()) for i in range(len(trials)) for _ in range(2)]
     with StackedLora(model, fam, spec.lora) as lora:
-        lora.train(examples, seeds, pad_id=pad)
-        for j, (i, w) in enumerate(jobs):  # one prompt at a time, as the ZSL anchor was captured
-            c = lora.capture([zsl[i]], [j], sites, pad_id=pad, logits=True)
-            tuned[i, w] = (c.stack("resid_post", n_layers)[0], c.logits[0])
-    h_it, logits_it = [tuned[i, True][0] for i in range(len(trials))], [tuned[i, True][1] for i in range(len(trials))]
-    h_sl, logits_sl = [tuned[i, False][0] for i in range(len(trials))], [tuned[i, False][1] for i in range(len(trials))]
+        lora.train(tuning, seeds, pad_id=pad)
+        # One capture runs each query's ZSL prompt three times: without an adapter (the anchor), with its IT and
+        # with its SL adapter. The three are adjacent in capture's (stable) length-sorted order and a batch holds
+        # a multiple of three prompts, so they share a batch and its padding: h_IT - h_ZSL holds no
+        # padding-layout noise (it matters in bf16).
+        adapters = [a for i in range(len(zsl)) for a in (None, 2 * i, 2 * i + 1)]
+        tuned = lora.capture([p for p in zsl for _ in range(3)], adapters, sites, pad_id=pad,
+                             batch_size=3 * max(1, spec.batch_size // 3), logits=True)
+    h = tuned.stack("resid_post", n_layers)
+    h_zsl, h_it, h_sl = h[0::3], h[1::3], h[2::3]
+    logits_zsl, logits_it, logits_sl = tuned.logits[0::3], tuned.logits[1::3], tuned.logits[2::3]
 
     gold_idx = np.array([task.label_words.index(q.label) for q, _, _ in trials])
     correct = {name: predict_labels(torch.stack(lg) if isinstance(lg, list) else lg, builder.label_token_ids)

@@ -1,9 +1,11 @@
 """Many independent LoRA adapters trained at once: one per trial, stacked along a leading trial axis.
 
-The sequential `LoraSession` trains one adapter per trial; on a small model almost all of that time is
-per-call overhead (a forward and backward pass over k short rows, 30 times per trial). Here every
-trial's examples go into one batch and each row runs through its own trial's adapter (a batched matmul
-in a forward hook on each LoRA target module), so B trials cost about one trial's number of passes.
+The sequential `LoraSession` trains one adapter per trial: 30 forward/backward passes over k short rows
+each, per trial. Here each step runs the rows of all trials in a few length-sorted passes, every row
+through its own trial's adapter (a batched matmul in a forward hook on each LoRA target module): far
+fewer, larger passes with little padding. Where small passes underuse the hardware (a GPU, a many-core
+CPU) that is most of the gain; on one CPU thread the small model is already compute-bound, and what is
+saved is the per-call overhead and padding (benchmarks/bench_adapters.py).
 
 Equivalence with B sequential trainings (tests/test_stacked_lora.py):
   - init: per trial the same generator draws, in the same module order, as `LoraSession.reset(seed)`;
@@ -103,12 +105,12 @@ class StackedLora:
             raise ValueError("need one seed per trial and at least one example per trial")
         device = next(self.model.parameters()).device
         self._init(seeds, device)
-        rows = [(ex, i) for i, t in enumerate(trials) for ex in t]
+        examples = [(ex, i) for i, t in enumerate(trials) for ex in t]  # (example, its trial)
         passes = []
-        for chunk in _passes([len(ex[0]) for ex, _ in rows], tokens_per_pass):
-            ids, mask, pos, labels = lm_batch([rows[r][0] for r in chunk], range(len(chunk)), pad_id,
+        for chunk in _passes([len(ex[0]) for ex, _ in examples], tokens_per_pass):
+            ids, mask, pos, labels = lm_batch([examples[r][0] for r in chunk], range(len(chunk)), pad_id,
                                               self.spec.loss_on, device)
-            passes.append((ids, mask, pos, labels, torch.tensor([rows[r][1] for r in chunk], device=device)))
+            passes.append((ids, mask, pos, labels, torch.tensor([examples[r][1] for r in chunk], device=device)))
         counts = torch.zeros(len(trials), device=device)  # label tokens per trial
         for *_, labels, trial in passes:
             counts.index_add_(0, trial, (labels[:, 1:] != -100).sum(1).to(counts.dtype))
@@ -163,6 +165,9 @@ class StackedLora:
         tokens (identical prompts in the order given: capture's length sort is stable)."""
         if len(prompts) != len(adapters):
             raise ValueError("need one adapter (or None) per prompt")
+        n = len(self.A[0]) - 1 if self.A else 0  # trained adapters (the last slot is the zero one)
+        if any(a is not None and not 0 <= a < n for a in adapters):
+            raise ValueError(f"adapters must be None or in 0..{n - 1} (train first)")
         pending = collections.defaultdict(collections.deque)
         for p, a in zip(prompts, adapters, strict=True):
             pending[tuple(p)].append(-1 if a is None else a)
