@@ -312,3 +312,50 @@ def test_copy_free_prefix_cache(kind):
     cap = capture_prefixed(model, fam, prefix, [[31, 32], [33, 34, 35]], [], pad_id=0, logits=True)
     full = capture(model, fam, [prefix + [31, 32], prefix + [33, 34, 35]], [], pad_id=0, logits=True)
     torch.testing.assert_close(cap.logits, full.logits, atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------ implicit scoring
+
+
+def _recompute_greedy(model, prompt, n, stop):
+    """Greedy decoding without any cache: the whole sequence again for every new token."""
+    ids, out = list(prompt), []
+    for _ in range(n):
+        with torch.no_grad():
+            t = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+        if t in stop:
+            break
+        out.append(t)
+        ids.append(t)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "gpt_neox", "opt"])
+def test_scoring_with_a_shared_prefix_equals_recomputation(kind):
+    from iclft.studies.implicit_patterns import greedy_decode, last_logits
+
+    model = tiny_model(kind, VOCAB, seed=2)
+    g = torch.Generator().manual_seed(1)
+    # a shared instruction, then prompts of different lengths (two of them identical up to their last token)
+    prompts = [INSTRUCTION + torch.randint(4, VOCAB, (n,), generator=g).tolist() for n in (3, 9, 5, 12, 1)]
+    prompts.append(prompts[1][:-1] + [(prompts[1][-1] + 1) % VOCAB])
+    stop = {7, 11}
+    got = greedy_decode(model, prompts, pad_id=0, max_new_tokens=6, stop_ids=stop, batch_size=4)
+    assert got == [_recompute_greedy(model, p, 6, stop) for p in prompts]
+    ll = last_logits(model, prompts, pad_id=0, batch_size=4)
+    for p, row in zip(prompts, ll, strict=True):
+        with torch.no_grad():
+            full = model(input_ids=torch.tensor([p])).logits[0, -1]
+        torch.testing.assert_close(row, full, atol=1e-5, rtol=0)
+
+
+def test_prefix_split_of_a_batch():
+    from iclft.studies.implicit_patterns import _batch_inputs
+
+    model = tiny_model("llama", VOCAB, seed=2)
+    kw, mask, pos = _batch_inputs(model, [[5, 6, 7, 8], [5, 6, 9]], 0, "cpu")
+    assert kw["past_key_values"].get_seq_length() == 2  # [5, 6]; each prompt keeps at least one token
+    assert kw["input_ids"].tolist() == [[7, 8], [0, 9]]
+    assert mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 1]] and pos.tolist() == [[2, 3], [2, 2]]
+    kw, _, _ = _batch_inputs(model, [[5, 6, 7]], 0, "cpu")  # one prompt: nothing to share
+    assert "past_key_values" not in kw

@@ -55,8 +55,10 @@ def prefix_cache(model, prefix: list[int]):
 
 
 def keep_last(model) -> dict:
-    """`logits_to_keep=1` where the model takes it: the LM head only at the last position."""
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    """`logits_to_keep=1` where the model takes it: the LM head only at the last position. A PEFT wrapper
+    passes the argument on to the model it wraps, so that model's signature decides."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
 
 
 def cache_of(model, kv, batch: int | None = None) -> DynamicCache:

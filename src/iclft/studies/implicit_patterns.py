@@ -21,7 +21,6 @@ per family and seed, ICL circuits with 4 demonstrations, FT circuits on full fin
 
 from __future__ import annotations
 
-import inspect
 import logging
 import random
 import time
@@ -171,20 +170,45 @@ def _examples(spec: ImplicitSpec, loaded, n_train: int) -> dict:
 
 
 def _keep(model) -> dict:
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    from iclft.capture.prefix import keep_last  # also through PEFT's wrapper (LoRA models during fine-tuning)
+
+    return keep_last(model)
+
+
+def _batch_inputs(model, seqs: list[list[int]], pad_id: int, device, cache: bool = False):
+    """Forward-pass inputs for one batch of prompts. The tokens every prompt of the batch starts with (the
+    instruction) run once and come as a KV cache; the rest is laid out [prefix | pad .. | rest of prompt r],
+    the padding masked out and position ids continuing from the prefix, so each prompt sees exactly the
+    positions it would alone. Without a shared prefix (or one prompt): plain left padding.
+    Returns (kwargs, attention mask, position ids)."""
+    n = min(len(q) for q in seqs)
+    cut = 0
+    if len(seqs) > 1:
+        while cut < n - 1 and all(q[cut] == seqs[0][cut] for q in seqs):
+            cut += 1
+    if cut == 0:
+        ids, mask, pos = pad_left(seqs, pad_id, device)
+        return dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=cache), mask, pos
+    from iclft.capture.prefix import cache_of, prefix_cache
+
+    ids, smask, spos = pad_left([q[cut:] for q in seqs], pad_id, device)
+    mask = torch.cat([torch.ones_like(smask[:, :1]).expand(-1, cut), smask], dim=1)
+    pos = spos + cut
+    past = cache_of(model, prefix_cache(model, seqs[0][:cut]), len(seqs))
+    return dict(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True), mask, pos
 
 
 @torch.no_grad()
 def last_logits(model, prompts: list[list[int]], pad_id: int, batch_size: int = 16) -> torch.Tensor:
-    """(n, vocab) next-token logits after each prompt (length-sorted, left-padded batches)."""
+    """(n, vocab) next-token logits after each prompt (length-sorted, left-padded batches; the prefix the
+    prompts of a batch share is computed once)."""
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = [None] * len(prompts)
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
-        ids, mask, pos = pad_left([prompts[i] for i in idx], pad_id, device)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
-                       **_keep(model)).logits[:, -1].float().cpu()
+        kwargs, _, _ = _batch_inputs(model, [prompts[i] for i in idx], pad_id, device)
+        logits = model(**kwargs, **_keep(model)).logits[:, -1].float().cpu()
         for r, i in enumerate(idx):
             out[i] = logits[r]
     return torch.stack(out)
@@ -194,14 +218,15 @@ def last_logits(model, prompts: list[list[int]], pad_id: int, batch_size: int = 
 def greedy_decode(model, prompts: list[list[int]], pad_id: int, max_new_tokens: int, stop_ids: set[int],
                   batch_size: int = 16) -> list[list[int]]:
     """Greedy continuations (without the stop token) of each prompt; batched with left padding, a KV cache
-    and position ids that continue each prompt's own positions."""
+    and position ids that continue each prompt's own positions (the prefix the prompts of a batch share is
+    computed once)."""
     device = next(model.parameters()).device
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     result: list[list[int]] = [[] for _ in prompts]
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
-        ids, mask, pos = pad_left([prompts[i] for i in idx], pad_id, device)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **_keep(model))
+        kwargs, mask, pos = _batch_inputs(model, [prompts[i] for i in idx], pad_id, device, cache=True)
+        out = model(**kwargs, **_keep(model))
         past = out.past_key_values
         nxt = out.logits[:, -1].argmax(-1)
         done = [False] * len(idx)
