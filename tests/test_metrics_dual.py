@@ -123,6 +123,22 @@ def test_kendall_tau_b_with_ties():
     np.testing.assert_allclose(kendall([[1, 1, 2]], [[1, 2, 3]]), [2 / math.sqrt(6)])
 
 
+def test_tau_b_equals_scipy_with_ties_and_constants():
+    from scipy.stats import kendalltau
+
+    from iclft.metrics.dual import tau_b
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 6, size=(40, 25)).astype(float)  # many ties on both sides
+    y = rng.integers(0, 4, size=(40, 25)).astype(float)
+    x[3] = 2.0  # a constant row -> NaN, as scipy
+    y[7, :12] = rng.random(12)  # mixed tied / untied
+    got = tau_b(x, y)
+    want = np.array([kendalltau(a, b).statistic for a, b in zip(x, y, strict=True)])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    assert np.isnan(got[3])
+
+
 def test_kendall_random_baseline():
     x = torch.arange(300, dtype=torch.float64).reshape(1, 300).repeat(2, 1)
     out = kendall_random(x, torch.Generator().manual_seed(1))

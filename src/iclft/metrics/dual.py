@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 
 from iclft.metrics.similarity import cosine, l2_normalise, to_float64
 
@@ -168,8 +167,25 @@ def ft_kv_scores(demo_queries: Any, test_query: Any) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def tau_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Kendall's τ-b along the last axis, batched over the leading ones: (C - D) / sqrt((n0 - n1)(n0 - n2)),
+    n0 = n(n-1)/2 pairs, n1/n2 pairs tied in x/y. Same value as scipy.stats.kendalltau (τ-b), computed with
+    one pairwise sign product instead of a Python loop of scipy calls (which took a fifth of a dual seed).
+    A constant vector (zero denominator) or a NaN gives NaN."""
+    sx = np.sign(x[..., :, None] - x[..., None, :])
+    sy = np.sign(y[..., :, None] - y[..., None, :])
+    n = x.shape[-1]
+    n0 = n * (n - 1) / 2
+    s = (sx * sy).sum(axis=(-2, -1)) / 2  # each unordered pair counted twice
+    n1 = ((sx == 0).sum(axis=(-2, -1)) - n) / 2  # the diagonal is always a tie
+    n2 = ((sy == 0).sum(axis=(-2, -1)) - n) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = s / np.sqrt((n0 - n1) * (n0 - n2))
+    return np.where(np.isfinite(tau), tau, np.nan)
+
+
 def kendall(icl_attn_to_demo: Any, ft_scores: Any) -> np.ndarray:
-    """Kendall's τ (scipy.stats.kendalltau, τ-b) per layer between ICL attention and FT scores.
+    """Kendall's τ (τ-b, as scipy.stats.kendalltau) per layer between ICL attention and FT scores.
 
     Inputs over the same demonstration tokens in the same order: shape (n_layers, n_demo_tokens) for
     one query, or (n_queries, n_layers, n_demo_tokens), in which case τ is averaged over queries
@@ -182,12 +198,7 @@ def kendall(icl_attn_to_demo: Any, ft_scores: Any) -> np.ndarray:
                          f"got {x.shape} and {y.shape}")
     x3 = x if x.ndim == 3 else x[None]
     y3 = y if y.ndim == 3 else y[None]
-    taus = np.full(x3.shape[:2], np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # constant input -> NaN, already documented
-        for q in range(x3.shape[0]):
-            for layer in range(x3.shape[1]):
-                taus[q, layer] = stats.kendalltau(x3[q, layer], y3[q, layer]).statistic
+    taus = np.stack([tau_b(x3[q], y3[q]) for q in range(x3.shape[0])])  # per query: memory n_layers·n²
     return _nanmean(taus, axis=0)
 
 
