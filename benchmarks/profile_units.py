@@ -27,9 +27,9 @@ import pstats
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
+from records_equal import max_abs_diff  # benchmarks/ is the script directory, so on sys.path
 
 IMPLICIT_PARTS = ("icl", "ft_full", "ft_lora", "circuits")
 
@@ -42,7 +42,7 @@ PINNED_IMPLICIT = dict(
     full=dict(method="full", lr=3e-4, steps=20, epochs=2, batch_size=8, warmup_steps=4, weight_decay=0.0,
               grad_clip=1.0, loss_on="answer", eval_every=None),
     lora=dict(method="lora", lr=3e-3, steps=20, epochs=2, batch_size=8, warmup_steps=4, weight_decay=0.0,
-              grad_clip=1.0, loss_on="answer", eval_every=None, lora_r=8, lora_alpha=16, lora_targets=None),
+              grad_clip=1.0, loss_on="answer", eval_every=None, adapter=dict(r=8, alpha=16, targets=None)),
 )
 PINNED_DUAL = dict(
     batch_size=32, task="sentiment", k=32, queries=None, demo_sampling="balanced", instruction=True,
@@ -75,10 +75,11 @@ def _implicit_unit(part: str, family: str, seed: int, overrides: dict):
 def _dual_unit(seed: int, overrides: dict):
     from iclft.prompts import PromptBuilder
     from iclft.studies import dual_view as dv
+    from iclft.tasks import get_task
 
     spec = dv.DualSpec(**overrides)
     loaded = _load(spec)
-    task = dv.resolve_task(spec.task)
+    task = get_task(spec.task)
     builder = PromptBuilder(loaded.tokenizer, task)
     queries = dv.validate(spec, task, builder, loaded.max_len)
     return lambda: dv.run_seed(spec, seed, loaded, task, builder, queries, loaded.info["n_layers"])
@@ -91,26 +92,8 @@ def compare(a: Path, b: Path) -> None:
             print(f"{fa.name}: missing in {b}")
             continue
         x, y = pd.read_parquet(fa), pd.read_parquet(fb)
-        print(f"{fa.stem}: {max_abs_diff(x, y)}")
-
-
-def max_abs_diff(x: pd.DataFrame, y: pd.DataFrame) -> str:
-    if list(x.columns) != list(y.columns) or len(x) != len(y):
-        return f"DIFFERENT SHAPE {x.shape} vs {y.shape}"
-    worst, where, unequal = 0.0, None, []
-    for col in x.columns:
-        a, b = x[col], y[col]
-        if pd.api.types.is_numeric_dtype(a) and not pd.api.types.is_bool_dtype(a):
-            d = np.nanmax(np.abs(a.to_numpy(float) - b.to_numpy(float)), initial=0.0)
-            if not np.array_equal(np.isnan(a.to_numpy(float)), np.isnan(b.to_numpy(float))):
-                unequal.append(col + "(nan)")
-            if col.startswith("seconds"):
-                continue
-            if d > worst:
-                worst, where = float(d), col
-        elif not a.equals(b):
-            unequal.append(col)
-    return f"max|diff| {worst:.3g} ({where}); non-numeric columns that differ: {unequal or 'none'}"
+        worst, where, unequal = max_abs_diff(x, y)
+        print(f"{fa.stem}: max|diff| {worst:.3g} ({where}); non-numeric columns that differ: {unequal or 'none'}")
 
 
 def main() -> None:

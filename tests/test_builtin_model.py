@@ -52,8 +52,9 @@ def test_size_context_and_card():
 def test_label_words_are_single_distinct_tokens_and_32_shots_fit():
     from transformers import AutoConfig, AutoTokenizer
 
-    from iclft.models.abilities import _sentiment_queries
-    from iclft.models.corpus import DEFAULT_LABELS, HELDOUT_PAIRS, LABEL_POOL
+    from iclft.builtin.abilities import _sentiment_queries, _SentimentScorers
+    from iclft.builtin.corpus import DEFAULT_LABELS, HELDOUT_PAIRS, LABEL_POOL
+    from iclft.models.load import load
     from iclft.tasks.implicit import FAMILIES, RULES, label_words
 
     tok = AutoTokenizer.from_pretrained(str(BUILTIN))
@@ -68,13 +69,14 @@ def test_label_words_are_single_distinct_tokens_and_32_shots_fit():
                 firsts = {tok(w, add_special_tokens=False).input_ids[0] for w in lw}
                 assert len(firsts) == len(lw) and tok.unk_token_id not in firsts, (fam, rule)
     n_ctx = AutoConfig.from_pretrained(str(BUILTIN)).max_position_embeddings
-    lengths = [len(tok(q.prompt).input_ids) for q in _sentiment_queries("default", 32, 20, seed=0)]
+    scorers = _SentimentScorers(load(str(BUILTIN)))
+    lengths = [len(q.prompt) for q in _sentiment_queries(scorers, "default", 32, 20, seed=0)]
     assert max(lengths) <= n_ctx, max(lengths)
 
 
 @needs_model
 def test_quick_ability_table():
-    from iclft.models.abilities import ability_table, format_table
+    from iclft.builtin.abilities import ability_table, format_table
 
     rows = ability_table(BUILTIN, quick=True, families=("boolean",), lora=False)
     text = format_table(rows)
@@ -93,7 +95,7 @@ def test_pretrain_resume_gives_identical_weights(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from iclft.models.pretrain import pretrain
+    from iclft.builtin.pretrain import pretrain
 
     # two LR cycles and a mix switch inside the first, like the shipped recipe, and head supervision in the
     # last stage; the kill points fall in each of the three stages
@@ -118,7 +120,7 @@ def test_pretrain_resume_gives_identical_weights(tmp_path):
 
 
 def test_lr_cycles_restart_at_stages_that_set_lr():
-    from iclft.models.pretrain import PretrainConfig, lr_at
+    from iclft.builtin.pretrain import PretrainConfig, lr_at
 
     cfg = PretrainConfig(min_lr_ratio=0.1, stages=[
         {"steps": 10, "mix": {"text": 1}, "lr": 1e-3, "warmup_steps": 2},
@@ -134,7 +136,7 @@ def test_lr_cycles_restart_at_stages_that_set_lr():
 
 
 def test_lexicon_episodes_use_polar_words_of_the_train_split():
-    from iclft.models.corpus import Corpus, build_tokenizer, polar_words
+    from iclft.builtin.corpus import Corpus, build_tokenizer, polar_words
 
     polar = polar_words()
     assert len(polar["positive"]) >= 30 and len(polar["negative"]) >= 30
@@ -163,7 +165,7 @@ def test_head_attention_matches_the_model_and_induction_targets():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from iclft.models.supervision import attention_aux_loss, head_attention, induction_targets
+    from iclft.builtin.supervision import attention_aux_loss, head_attention, induction_targets
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -201,7 +203,7 @@ def test_head_attention_matches_the_model_and_induction_targets():
 def test_copy_aux_loss_rewards_copying_the_attended_token():
     import torch
 
-    from iclft.models.supervision import copy_aux_loss
+    from iclft.builtin.supervision import copy_aux_loss
 
     ids = torch.tensor([[5, 6, 7, 5, 6, 7]])  # positions 3, 4 predict 6, 7 by copying
     unembed = torch.eye(10)
@@ -218,7 +220,7 @@ def test_copy_aux_loss_rewards_copying_the_attended_token():
 def test_label_targets_point_at_earlier_demonstrations_with_the_same_answer():
     import torch
 
-    from iclft.models.supervision import label_targets, target_mass_loss
+    from iclft.builtin.supervision import label_targets, target_mass_loss
 
     B = 9  # <bos>
     # episode 1: "x A y B x A" (A, B answers), then a new episode "<bos> y A" whose A must not see episode 1
@@ -230,3 +232,18 @@ def test_label_targets_point_at_earlier_demonstrations_with_the_same_answer():
     probs = torch.zeros(1, 10, 10)
     probs[0, 5, 2] = 1.0
     assert float(target_mass_loss(probs, tgt[None])) < 1e-4
+
+
+def test_layers_and_no_side_effects_on_import():
+    """Loading models needs neither tasks nor the recipe, and importing the recipe changes no environment."""
+    code = """
+import os, sys
+env = dict(os.environ)
+import iclft.models.load
+assert not [m for m in sys.modules if m.startswith(("iclft.tasks", "iclft.builtin"))], "models imports tasks/builtin"
+import iclft.builtin.abilities, iclft.builtin.pretrain
+assert dict(os.environ) == env
+print("ok")
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]

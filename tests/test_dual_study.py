@@ -1,12 +1,15 @@
 import json
 import math
 import random
+from functools import partial
 
 import numpy as np
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
 from iclft import UserError
+from iclft.registry import run as run_registered
 from iclft.studies.dual_view import (
     LAYER_METRICS,
     QUICK,
@@ -16,11 +19,11 @@ from iclft.studies.dual_view import (
     draw_demos,
     draw_validation,
     fit_demos,
-    run,
 )
 from iclft.tasks.base import Example, Task
 
 KEYS = LAYER_METRICS + SCALAR_METRICS
+run = partial(run_registered, "dual")
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +94,10 @@ def test_same_seed_same_numbers_and_resume(quick_run, tmp_path):
 
 
 def test_bad_inputs_leave_nothing_behind(tmp_path):
-    for bad in (dict(lr_grid=[]), dict(lr_grid=[-1.0]), dict(queries=10**6), dict(val_size=10**7)):
+    for bad in (dict(lr_grid=[]), dict(lr_grid=[-1.0]), dict(lr_grid=[float("inf")])):
+        with pytest.raises(ValidationError):
+            DualSpec(**{**QUICK, **bad})
+    for bad in (dict(queries=10**6), dict(val_size=10**7)):
         with pytest.raises(UserError):
             run(DualSpec(**{**QUICK, **bad}), tmp_path / "bad")
         assert not (tmp_path / "bad").exists()

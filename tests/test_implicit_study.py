@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 
 import pandas as pd
 import pytest
 import torch
+from pydantic import ValidationError
 
 from iclft import UserError
+from iclft.capture.decode import greedy_decode, last_logits
 from iclft.models.toy import tiny_model
-from iclft.studies.implicit_patterns import QUICK, ImplicitSpec, greedy_decode, last_logits, run, run_unit
+from iclft.registry import run as run_registered
+from iclft.studies.implicit_patterns import QUICK, ImplicitSpec, run_unit
 
 VOCAB = 40
+run = partial(run_registered, "implicit")
 
 
 def _slow_greedy(model, prompt, n, stop):
@@ -110,8 +115,11 @@ def test_units_are_deterministic():
 
 def test_bad_spec_is_an_input_error_and_leaves_nothing(tmp_path):
     out = tmp_path / "bad"
-    with pytest.raises(UserError):
-        run(ImplicitSpec(**{**QUICK, "families": ["nope"]}), out)
-    with pytest.raises(UserError):
-        run(ImplicitSpec(**{**QUICK, "circuit_method": "guess"}), out)
+    for bad in ({"families": ["nope"]}, {"families": []}, {"circuit_method": "guess"}, {"ft_methods": ["half"]}):
+        with pytest.raises(ValidationError):
+            ImplicitSpec(**{**QUICK, **bad})
+    with pytest.raises(UserError, match="unknown rule"):
+        run(ImplicitSpec(**{**QUICK, "rules": {"parity": "nope"}}), out)
+    with pytest.raises(UserError, match="curve_eval"):
+        run(ImplicitSpec(**{**QUICK, "curve_eval": 99}), out)
     assert not out.exists()

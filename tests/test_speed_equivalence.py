@@ -332,7 +332,7 @@ def _recompute_greedy(model, prompt, n, stop):
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "gpt_neox", "opt"])
 def test_scoring_with_a_shared_prefix_equals_recomputation(kind):
-    from iclft.studies.implicit_patterns import greedy_decode, last_logits
+    from iclft.capture.decode import greedy_decode, last_logits
 
     model = tiny_model(kind, VOCAB, seed=2)
     g = torch.Generator().manual_seed(1)
@@ -350,12 +350,12 @@ def test_scoring_with_a_shared_prefix_equals_recomputation(kind):
 
 
 def test_prefix_split_of_a_batch():
-    from iclft.studies.implicit_patterns import _batch_inputs
+    from iclft.capture.decode import batch_inputs
 
     model = tiny_model("llama", VOCAB, seed=2)
-    kw, mask, pos = _batch_inputs(model, [[5, 6, 7, 8], [5, 6, 9]], 0, "cpu")
+    kw, mask, pos = batch_inputs(model, [[5, 6, 7, 8], [5, 6, 9]], 0, "cpu")
     assert kw["past_key_values"].get_seq_length() == 2  # [5, 6]; each prompt keeps at least one token
     assert kw["input_ids"].tolist() == [[7, 8], [0, 9]]
     assert mask.tolist() == [[1, 1, 1, 1], [1, 1, 0, 1]] and pos.tolist() == [[2, 3], [2, 2]]
-    kw, _, _ = _batch_inputs(model, [[5, 6, 7]], 0, "cpu")  # one prompt: nothing to share
+    kw, _, _ = batch_inputs(model, [[5, 6, 7]], 0, "cpu")  # one prompt: nothing to share
     assert "past_key_values" not in kw

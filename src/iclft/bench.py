@@ -186,8 +186,8 @@ def bench_capture(loaded: Loaded, *, prompts: int = 64, k: int = 4, batch: int =
     at a time (`single_s`, `speedup_vs_single`); memory=True adds the peak-tensor-memory ratio (`mem_ratio`).
     """
     from iclft.capture import capture, site_names
-    from iclft.capture.core import pad_left
     from iclft.prompts import PromptBuilder
+    from iclft.prompts.batching import pad_left
     from iclft.tasks import get_task
 
     task = get_task("sentiment")
@@ -411,7 +411,7 @@ def bench_adapters(loaded: Loaded, *, trials: int = 8, k: int = 4, steps: int = 
     t_seq, (l_seq, h_seq, g_seq), t_stk, (l_stk, h_stk, g_stk) = side_by_side(sequential, stacked, repeats, repeats)
     return _row("stacked vs seq. LoRA", loaded, "sequential PEFT LoRA trainings (LoraSession)",
                 "stacked adapters (StackedLora)", t_seq, t_stk,
-                f"B={trials} trials, k={k} demos, {steps} AdamW steps, r={spec.r}, + capture",
+                f"B={trials} trials, k={k} demos, {steps} AdamW steps, r={spec.adapter.r}, + capture",
                 max_abs_diff=max(_max_diff(h_seq, h_stk), _max_diff(g_seq, g_stk)),
                 max_loss_diff=_max_diff(l_seq, l_stk), trials=trials, steps=steps)
 

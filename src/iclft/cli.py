@@ -14,12 +14,15 @@ from iclft import UserError
 
 # Idle OpenMP threads sleep instead of spinning: on a small shared CPU, spinning threads slow torch badly.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Tokenizers used before a fork (sweep executors) would otherwise warn and disable their threads anyway.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Does ICL change a model the way fine-tuning does?")
 models_app = typer.Typer(no_args_is_help=True, help="List, inspect and evaluate models.")
 app.add_typer(models_app, name="models")
 
-STUDIES = ("convergence", "dual", "implicit", "all")
+STUDY_HELP = "a study (an unknown name lists them), or all"
+SET_HELP = "FIELD=VALUE over the spec (YAML value; nested fields with dots: lora.steps=5); repeatable"
 
 
 def user_errors(fn):
@@ -44,7 +47,7 @@ def _setup_logging():
 @app.command()
 @user_errors
 def run(
-    study: str = typer.Argument(..., help=f"one of: {', '.join(STUDIES)}"),
+    study: str = typer.Argument(..., help=STUDY_HELP),
     out: Path = typer.Option(..., "--out", help="run directory (rerun the same command to resume)"),
     spec: Path | None = typer.Option(None, "--spec", help="YAML spec; fields override the defaults"),
     quick: bool = typer.Option(False, "--quick", help="tiny preset (a minute or two) for tests and CI"),
@@ -53,36 +56,63 @@ def run(
     model: str | None = typer.Option(None, "--model", help="'builtin', a hub id or a local path"),
     seeds: int | None = typer.Option(None, "--seeds", help="number of seeds"),
     pad_token: str | None = typer.Option(None, "--pad-token", help="pad token if the tokenizer lacks one"),
+    sets: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
 ):
     """Run a study into OUT: records.parquet, summary.json, figures/, report.html, manifest.json."""
     _setup_logging()
-    if study not in STUDIES:
-        raise UserError(f"unknown study {study!r}; choose one of {', '.join(STUDIES)}")
-    overrides = dict(model=model, seeds=seeds, pad_token=pad_token)
-    from iclft.studies import PRESETS, REGISTRY
+    # every study's spec is checked before the first unit of any study runs
+    specs = _specs(study, spec, quick, preset, sets, dict(model=model, seeds=seeds, pad_token=pad_token))
+    from iclft.registry import run as run_one
 
-    if preset not in PRESETS:
-        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    preset = "quick" if quick else preset
     if study == "all":
         from iclft.report.index import write_index
 
-        # every study's spec is checked before the first unit of any study runs
-        specs = {name: _spec(name, spec, preset, overrides, section=name) for name in REGISTRY}
-        paths = {name: REGISTRY[name][2](specs[name], out / name) for name in REGISTRY}
+        paths = {name: run_one(name, study_spec, out / name) for name, study_spec in specs.items()}
         index = write_index(out, paths)
         typer.echo(f"report: {index}")
         return
-    path = REGISTRY[study][2](_spec(study, spec, preset, overrides), out)
+    path = run_one(study, specs[study], out)
     typer.echo(f"report: {path / 'report.html'}")
 
 
-def _spec(study: str, spec_path, preset: str, overrides: dict, section: str | None = None):
-    from iclft.studies import REGISTRY
-    from iclft.studies.common import load_spec
+@app.command("spec")
+@user_errors
+def spec_command(
+    study: str = typer.Argument(..., help=STUDY_HELP),
+    spec: Path | None = typer.Option(None, "--spec", help="YAML spec; fields override the defaults"),
+    quick: bool = typer.Option(False, "--quick", help="the quick preset"),
+    preset: str = typer.Option("default", "--preset", help="default | paper | quick"),
+    sets: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
+):
+    """Print the effective spec as YAML: what `iclft run` with the same options writes to spec.yaml (and takes
+    back with --spec)."""
+    from iclft.rundir import spec_yaml
 
-    spec_cls, presets, _ = REGISTRY[study]
-    return load_spec(spec_cls, spec_path, overrides, preset=presets.get(preset), section=section)
+    specs = _specs(study, spec, quick, preset, sets)
+    if study == "all":
+        import yaml
+
+        typer.echo(yaml.safe_dump({k: v.model_dump(mode="json") for k, v in specs.items()}, sort_keys=False), nl=False)
+    else:
+        typer.echo(spec_yaml(specs[study]), nl=False)
+
+
+def _specs(study: str, spec_path: Path | None, quick: bool, preset: str, sets: list[str] | None,
+           options: dict | None = None) -> dict:
+    """{study name: effective spec}: every study for "all" (each from its section of the file), else one."""
+    from iclft.registry import STUDIES
+    from iclft.studies import PRESETS
+    from iclft.studies.common import load_spec, merge, parse_sets
+
+    if study != "all" and study not in STUDIES:
+        raise UserError(f"unknown study {study!r}; choose one of {', '.join(STUDIES)}, all")
+    names = list(STUDIES) if study == "all" else [study]
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    preset = "quick" if quick else preset
+    overrides = merge({k: v for k, v in (options or {}).items() if v is not None}, parse_sets(sets or []))
+    return {name: load_spec(STUDIES[name].spec, spec_path, overrides, preset=STUDIES[name].presets.get(preset),
+                            section=name if study == "all" else None, sections=list(STUDIES)) for name in names}
 
 
 @app.command()
@@ -90,7 +120,7 @@ def _spec(study: str, spec_path, preset: str, overrides: dict, section: str | No
 def report(run_dir: Path = typer.Argument(..., help="a finished run directory")):
     """Re-render report.html (and figures) of a run directory from its records and summary."""
     _setup_logging()
-    from iclft.report.index import rerender
+    from iclft.registry import rerender
 
     typer.echo(f"report: {rerender(run_dir)}")
 
@@ -99,10 +129,10 @@ def report(run_dir: Path = typer.Argument(..., help="a finished run directory"))
 @user_errors
 def tasks():
     """List the tasks iclft knows."""
-    from iclft.tasks import BUILTIN
+    from iclft.tasks import TASKS
 
-    for name, desc in BUILTIN.items():
-        typer.echo(f"{name:24s} {desc}")
+    for entry in TASKS.values():
+        typer.echo(f"{entry.shown:36s} {entry.help}")
 
 
 @models_app.command("list")
@@ -127,7 +157,7 @@ def models_eval(
 ):
     """Ability table of a model (ICL, flipped labels, implicit patterns, LoRA) with 95% CIs."""
     _setup_logging()
-    from iclft.models import abilities
+    from iclft.builtin import abilities
     from iclft.models.load import BUILTIN_DIR, builtin_available
 
     if name == "builtin":
@@ -147,7 +177,7 @@ def pretrain(
 ):
     """Reproduce the built-in model from a seed (CPU, resumable)."""
     _setup_logging()
-    from iclft.models.pretrain import pretrain as run_pretrain
+    from iclft.builtin.pretrain import pretrain as run_pretrain
 
     typer.echo(f"model: {run_pretrain(out, seed=seed, minutes=minutes)}")
 

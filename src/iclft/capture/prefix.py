@@ -11,36 +11,22 @@ full prompts `prefix + suffix` (attn.scores over the prompt's non-padding keys, 
 
 `record_attention` is the attention-function recorder used here and by FT-KV tuning: it keeps the
 attention queries (after RoPE, as attention sees them) and keys of chosen layers.
-An extra last-token site `blocks.{l}.attn.q` gives the query vector of the last token, (heads, d_head).
+Sites are those of `iclft.capture.sites` (e.g. `blocks.{l}.attn.q`, the last token's query, (heads, d_head)).
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
-import re
 
 import torch
 from transformers.cache_utils import DynamicCache
 
+from iclft.capture import sites as S
 from iclft.capture.attention import AttentionRecord, record_attention  # noqa: F401 - re-exported
-from iclft.capture.core import Capture, site_module
-from iclft.models.families import Family, blocks_of
-
-_SITE = re.compile(r"^blocks\.(\d+)\.(resid_post|attn\.out|attn\.scores|attn\.q|mlp\.out)$")
-
-
-def _parse(sites: list[str], n_layers: int) -> list[tuple[str, int, str]]:
-    parsed = []
-    for site in sites:
-        m = _SITE.match(site)
-        if not m:
-            raise ValueError(f"unknown hook site {site!r} (expected e.g. 'blocks.0.resid_post')")
-        layer = int(m.group(1))
-        if layer >= n_layers:
-            raise ValueError(f"site {site!r}: the model has {n_layers} blocks")
-        parsed.append((site, layer, m.group(2)))
-    return parsed
+from iclft.capture.core import Capture
+from iclft.models.families import Family, blocks_of, n_heads
+from iclft.prompts.batching import length_batches, pad_after_prefix
 
 
 def prefix_cache(model, prefix: list[int]):
@@ -97,56 +83,47 @@ def capture_prefixed(
 ) -> Capture:
     """Last-token capture of the prompts `prefix + s` for s in `suffixes`, computing the prefix once.
 
-    Same sites as `capture` (plus `blocks.{l}.attn.q`), same result layout as `capture(last=True)`.
+    Same sites and result layout as `capture(last=True)`.
     """
     if not suffixes:
         raise ValueError("no prompts to capture")
     if any(len(s) == 0 for s in suffixes):
         raise ValueError("every suffix needs at least one token (the prompt's last token is in it)")
     blocks = blocks_of(model, family)
-    n_layers = len(blocks)
-    parsed = _parse(sites, n_layers)
-    rec_layers = {layer for _, layer, kind in parsed if kind in ("attn.scores", "attn.q")}
-    want_keys = any(kind == "attn.scores" for _, _, kind in parsed)
+    parsed = S.parse(sites, len(blocks))
+    heads = n_heads(model.config)
+    rec_layers = {layer for _, layer, site in parsed if site.hook == "attention"}
+    want_keys = any(site.kind == "attn.scores" for _, _, site in parsed)
     device = next(model.parameters()).device
     n_prefix = len(prefix)
 
     current: dict[str, torch.Tensor] = {}
     shape: list[int] = []
 
-    def keep(site):
-        def hook(_mod, _inp, out):
-            t = out[0] if isinstance(out, tuple) else out
+    def keep(name, site):
+        def fn(t):
             if t.dim() == 2:  # OPT runs its MLP on (batch*seq, d)
                 t = t.view(*shape, -1)
-            current[site] = t[:, -1].detach()
+            if site.heads:
+                t = S.split_heads(t, heads)
+            current[name] = t[:, -1].detach()
 
-        return hook
+        return fn
 
     kv = prefix_cache(model, prefix)  # before any hook or recorder: the prefix needs no recording
-    hooks = []
-    for site, layer, kind in parsed:
-        if kind in ("resid_post", "attn.out", "mlp.out"):
-            hooks.append(site_module(model, family, blocks, layer, kind).register_forward_hook(keep(site)))
+    hooks = [S.hook(model, family, layer, site, keep(name, site), blocks)
+             for name, layer, site in parsed if site.hook != "attention"]
 
-    order = sorted(range(len(suffixes)), key=lambda i: len(suffixes[i]))
     got: dict[str, list] = {s: [None] * len(suffixes) for s, _, _ in parsed}
     all_logits: list = [None] * len(suffixes)
     ctx = (record_attention(model, family, rec_layers, last_only=True, keys=want_keys) if rec_layers
            else contextlib.nullcontext())
     try:
         with ctx as rec:
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
+            for idx in length_batches(suffixes, batch_size):
                 seqs = [suffixes[i] for i in idx]
-                b, width = len(seqs), max(len(s) for s in seqs)
-                ids = torch.full((b, width), pad_id, dtype=torch.long)
-                smask = torch.zeros((b, width), dtype=torch.long)
-                for j, s in enumerate(seqs):
-                    ids[j, width - len(s):] = torch.tensor(s, dtype=torch.long)
-                    smask[j, width - len(s):] = 1
-                pos = n_prefix + (smask.cumsum(-1) - 1).clamp(min=0)
-                mask = torch.cat([torch.ones((b, n_prefix), dtype=torch.long), smask], dim=1)
+                ids, mask, pos = pad_after_prefix(seqs, n_prefix, pad_id)
+                b, width = ids.shape
                 current.clear()
                 shape[:] = ids.shape
                 if rec is not None:
@@ -158,28 +135,28 @@ def capture_prefixed(
                 else:
                     out = model(**kwargs, use_cache=False)
                 # one q·k product per layer for the whole batch (not one per prompt), moved to the CPU once
-                scores = {layer: rec.scores_last(layer).cpu() for _, layer, kind in parsed if kind == "attn.scores"}
+                scores = {layer: rec.scores_last(layer).cpu() for _, layer, site in parsed
+                          if site.kind == "attn.scores"}
                 last_logits = out.logits[:, -1].float().cpu() if logits else None
                 for j, i in enumerate(idx):
                     n = len(seqs[j])
                     if logits:
                         all_logits[i] = last_logits[j]
-                    for site, layer, kind in parsed:
-                        if kind == "attn.scores":
+                    for name, layer, site in parsed:
+                        if site.kind == "attn.scores":
                             s = scores[layer][j]  # (heads, n_prefix + width)
-                            s = torch.cat([s[:, :n_prefix], s[:, n_prefix + width - n:]], dim=-1)
-                            got[site][i] = s
-                        elif kind == "attn.q":
-                            got[site][i] = rec.queries[layer][j, :, -1].float().cpu()
+                            got[name][i] = torch.cat([s[:, :n_prefix], s[:, n_prefix + width - n:]], dim=-1)
+                        elif site.kind == "attn.q":
+                            got[name][i] = rec.queries[layer][j, :, -1].float().cpu()
                         else:
-                            got[site][i] = current[site][j].float().cpu()
+                            got[name][i] = current[name][j].float().cpu()
     finally:
         for h in hooks:
             h.remove()
 
     result = Capture()
-    for site, _, kind in parsed:
-        result.acts[site] = got[site] if kind == "attn.scores" else torch.stack(got[site])
+    for name, _, site in parsed:
+        result.acts[name] = got[name] if site.kind == "attn.scores" else torch.stack(got[name])
     if logits:
         result.logits = torch.stack(all_logits)
     return result

@@ -4,9 +4,11 @@
 A *pair* is a clean prompt and a corrupted (misleading) prompt of IDENTICAL token length, plus two answer
 tokens: `right` and `wrong`. LD = logit[right] − logit[wrong] at the last position.
 
-Components: the output of attention head (l, h) — the head's slice of the input of the attention output
-projection (`family.o_proj`), so patching one head leaves the others untouched — and the output of MLP l
-(`family.mlp`). Patching c runs the corrupted prompt with c's activation taken from the clean run at the
+Components: the output of attention head (l, h) — the head's slice of the site `blocks.{l}.attn.z`, the
+input of the attention output projection, so patching one head leaves the others untouched — and the
+output of MLP l (`blocks.{l}.mlp.out`); any other hook site of `iclft.capture.sites` can be patched whole
+as `Component(kind, l)`, e.g. `Component("resid_post", 2)`.
+Patching c runs the corrupted prompt with c's activation taken from the clean run at the
 same positions (pairs are batched with the same left padding, so positions line up exactly):
 
     e_c = (LD_patched − LD_corrupt) / (LD_clean − LD_corrupt)
@@ -28,19 +30,28 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from iclft.capture.core import pad_left
-from iclft.models.families import Family, blocks_of, get_module, n_heads
+from iclft.capture import sites as S
+from iclft.models.families import Family, blocks_of, n_heads
+from iclft.prompts.batching import pad_left
+
+_SITE_OF = {"head": "attn.z", "mlp": "mlp.out"}  # the site a head (a slice of it) or an MLP is patched at
 
 
 @dataclass(frozen=True)
 class Component:
-    kind: str  # "head" | "mlp"
+    kind: str  # "head" | "mlp" | another site kind (`iclft.capture.sites.SITES`), patched whole
     layer: int
-    head: int = -1  # -1 for an MLP
+    head: int = -1  # -1 unless a head
 
     @property
     def name(self) -> str:
-        return f"L{self.layer}H{self.head}" if self.kind == "head" else f"L{self.layer}MLP"
+        if self.kind == "head":
+            return f"L{self.layer}H{self.head}"
+        return f"L{self.layer}MLP" if self.kind == "mlp" else f"L{self.layer}.{self.kind}"
+
+    @property
+    def site(self) -> str:
+        return f"blocks.{self.layer}.{_SITE_OF.get(self.kind, self.kind)}"
 
 
 def components(model, family: Family) -> list[Component]:
@@ -95,14 +106,16 @@ def make_pairs(pairs: list[tuple[list[int], list[int], int, int]], pad_id: int, 
 
 
 class _Sites:
-    """Where the activations live: o_proj inputs (heads) and MLP outputs, per layer."""
+    """The hooked sites: every layer's `attn.z` (heads) and `mlp.out`, plus the sites of any other `comps`."""
 
-    def __init__(self, model, family: Family):
-        blocks = blocks_of(model, family)
-        self.o_proj = [get_module(b, family.o_proj) for b in blocks]
-        self.mlp = [get_module(b, family.mlp) for b in blocks]
-        self.n_layers = len(blocks)
+    def __init__(self, model, family: Family, comps=()):
+        self.model, self.family = model, family
+        self.blocks = blocks_of(model, family)
+        self.n_layers = len(self.blocks)
         self.n_heads = n_heads(model.config)
+        names = [f"blocks.{layer}.{kind}" for layer in range(self.n_layers) for kind in _SITE_OF.values()]
+        names += sorted({c.site for c in comps} - set(names))
+        self.parsed = S.parse(names, self.n_layers)
 
 
 def _as3d(t: torch.Tensor, shape) -> torch.Tensor:
@@ -111,38 +124,26 @@ def _as3d(t: torch.Tensor, shape) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _hooks(sites: _Sites, record: dict | None = None, patch: dict | None = None):
-    """record: fills record[("o", l)] / record[("m", l)] with the activations (graph kept).
-    patch: {key: (clean_act, mask)}: the clean activation, (rows, W, D), replaces the running one where
+    """record: fills record[site name] with the activations (graph kept).
+    patch: {site name: (clean_act, mask)}: the clean activation, (rows, W, D), replaces the running one where
     `mask` (broadcast to (rows, W, D)) is set."""
     handles = []
 
-    def swap(key, t):
-        if patch and key in patch:
-            src, mask = patch[key]
-            # OPT runs its MLP on (batch*seq, d): patch it as (batch, seq, d)
-            t = torch.where(mask, src, t.view(src.shape)).view_as(t)
-        if record is not None:
-            record[key] = t
-        return t
+    def swap(key):
+        def fn(t):
+            if patch and key in patch:
+                src, mask = patch[key]
+                # OPT runs its MLP on (batch*seq, d): patch it as (batch, seq, d)
+                t = torch.where(mask, src, t.view(src.shape)).view_as(t)
+            if record is not None:
+                record[key] = t
+            return t
 
-    def o_hook(layer):
-        def pre(_mod, args):
-            return (swap(("o", layer), args[0]), *args[1:])
-
-        return pre
-
-    def m_hook(layer):
-        def post(_mod, _inp, out):
-            if isinstance(out, tuple):
-                return (swap(("m", layer), out[0]), *out[1:])
-            return swap(("m", layer), out)
-
-        return post
+        return fn
 
     try:
-        for layer in range(sites.n_layers):
-            handles.append(sites.o_proj[layer].register_forward_pre_hook(o_hook(layer)))
-            handles.append(sites.mlp[layer].register_forward_hook(m_hook(layer)))
+        for name, layer, site in sites.parsed:
+            handles.append(S.hook(sites.model, sites.family, layer, site, swap(name), sites.blocks))
         yield
     finally:
         for h in handles:
@@ -176,7 +177,7 @@ def _patch_spec(sites: _Sites, clean_acts: dict, comps: list[Component], positio
     positions: None (all) or a (P, W) bool mask."""
     spec: dict = {}
     for c in comps:
-        key = ("o", c.layer) if c.kind == "head" else ("m", c.layer)
+        key = c.site
         src = clean_acts[key]
         width = src.shape[-1]
         cols = spec.get(key, (None, torch.zeros(width, dtype=torch.bool, device=src.device)))[1]
@@ -238,7 +239,7 @@ def _run_jobs(model, sites, prefix: _Prefix, clean_acts: dict, jobs: list[tuple[
     g, (p, w) = len(jobs), batch.corrupt.shape
     masks: dict = {}
     for j, (c, position) in enumerate(jobs):
-        key = ("o", c.layer) if c.kind == "head" else ("m", c.layer)
+        key = c.site
         src = clean_acts[key]
         if key not in masks:
             masks[key] = torch.zeros((g, 1 if all(q is None for _, q in jobs) else w, src.shape[-1]),
@@ -302,7 +303,7 @@ def _batches(batch: PairBatch, batch_size: int):
 @torch.no_grad()
 def patch_together(model, family: Family, batch: PairBatch, comps: list[Component]) -> np.ndarray:
     """LD of the corrupted prompts with ALL of `comps` patched from the clean run at once: (P,)."""
-    sites = _Sites(model, family)
+    sites = _Sites(model, family, comps)
     clean_acts, _, _ = _clean_and_corrupt(model, sites, batch)
     if not comps:
         return _ld(model, batch.corrupt, batch).cpu().numpy()
@@ -330,7 +331,7 @@ def activation_patching(model, family: Family, batch: PairBatch, comps: list[Com
 
     t0 = time.perf_counter()
     comps = comps or components(model, family)
-    sites = _Sites(model, family)
+    sites = _Sites(model, family, comps)
     lds_c, lds_x, deltas, rows_pos = [], [], [], None
     start = min(batch.first_diff)  # over ALL pairs: every batch must produce the same rows
     if max_tokens is None:
@@ -362,7 +363,7 @@ def attribution_patching(model, family: Family, batch: PairBatch, comps: list[Co
 
     t0 = time.perf_counter()
     comps = comps or components(model, family)
-    sites = _Sites(model, family)
+    sites = _Sites(model, family, comps)
     emb = model.get_input_embeddings()
     lds_c, lds_x, deltas, rows_pos = [], [], [], None
     start = min(batch.first_diff)
@@ -387,7 +388,7 @@ def attribution_patching(model, family: Family, batch: PairBatch, comps: list[Co
         if per_position:
             rows_pos = []
         for c in comps:
-            key = ("o", c.layer) if c.kind == "head" else ("m", c.layer)
+            key = c.site
             shape = b.clean.shape
             diff = _as3d(clean_acts[key], shape) - _as3d(acts[key].detach(), shape)
             prod = diff * _as3d(grads[key], shape)  # (P, W, D)

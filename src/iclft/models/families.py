@@ -30,6 +30,7 @@ class Family:
     qkv: str | None = None  # fused projection, for "concat" / "per_head"
     lora_targets: tuple[str, ...] = ()  # PEFT `target_modules` (module-name suffixes)
     kv_heads_attr: str | None = None  # config attribute holding the number of KV groups (GQA)
+    conv1d: bool = False  # projections are GPT-2 Conv1D, weight (in, out) (PEFT's `fan_in_fan_out`)
 
 
 _LLAMA_LIKE = dict(
@@ -62,6 +63,7 @@ FAMILIES: dict[str, Family] = {
             qkv_layout="concat",
             qkv="attn.c_attn",
             lora_targets=("c_attn",),
+            conv1d=True,
         ),
         Family(
             name="gpt_neox",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,29 +151,25 @@ def _sha256(path: Path) -> str:
 
 
 def _fallback_builtin(attn_implementation: str) -> Loaded:
-    """A small randomly initialised Llama, used only while no pretrained built-in model is shipped.
+    """A small randomly initialised Llama with the built-in model's tokenizer, used only while the built-in
+    model's weights are missing from the install.
 
     Reports say so in their header (info["builtin_stand_in"]), since its numbers mean nothing about ICL.
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from iclft.models.toy import word_tokenizer
-    from iclft.tasks.sentiment import INSTRUCTION, TEMPLATE, load_tweets
-
+    if not (BUILTIN_DIR / "tokenizer.json").is_file():
+        raise UserError(f"the built-in model is missing from this install ({BUILTIN_DIR}); pass --model")
     log.warning("no pretrained built-in model shipped; using a randomly initialised stand-in")
-    train, _ = load_tweets()
-    texts = [INSTRUCTION, TEMPLATE] + [e.input for e in train[:5000]]
-    tok = word_tokenizer(texts, max_vocab=3000, extra=("positive", "negative"))
+    tok = AutoTokenizer.from_pretrained(str(BUILTIN_DIR))
     cfg = LlamaConfig(
         vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         tie_word_embeddings=True,
     )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
+    with torch.random.fork_rng(devices=[]):  # HF draws the init from torch's global RNG: seed it, then restore it
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg)
     model.config._attn_implementation = attn_implementation
     return Loaded(model, tok, family_for(cfg), "builtin", {"builtin_stand_in": True})
-
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

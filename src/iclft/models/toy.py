@@ -1,5 +1,4 @@
-"""Tiny models and a word-level tokenizer built from configs: for tests, and the stand-in used when
-the shipped built-in model is missing. Nothing here is downloaded."""
+"""Tiny models and a word-level tokenizer built from configs, for tests. Nothing here is downloaded."""
 
 from __future__ import annotations
 
@@ -62,6 +61,7 @@ def tiny_model(kind: str, vocab_size: int, seed: int = 0, attn_implementation: s
     model_type = cfg.pop("model_type")
     config = AutoConfig.for_model(model_type, vocab_size=vocab_size, pad_token_id=0, bos_token_id=2,
                                   eos_token_id=3, **cfg)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
     return model.eval()

@@ -10,7 +10,7 @@ import pandas as pd
 from iclft.metrics.stats import MULTIPLICITY
 from iclft.report import html as H
 from iclft.report.figures import band, clamp_ylim, errbar, plt, save
-from iclft.sweep import atomic_write_text
+from iclft.rundir import atomic_write_text
 
 PAIRS = {
     "s_anchor_icl": "cos(ZSL, ICL)", "s_anchor_it": "cos(ZSL, IT)", "s_icl_it": "cos(ICL, IT)",
@@ -61,8 +61,9 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
         fig, out / "figures/convergence_vs_similarity.png")
 
     bc = summary["by_condition"]
-    ks = [c for c in bc if c.startswith("k") and c[1:].isdigit()]
-    ks.sort(key=lambda c: bc[c]["k"])
+    # conditions are told apart by their descriptors (k, selection, labels, control), never by their names
+    ks = sorted((c for c, d in bc.items() if d["selection"] == "random" and d["labels"] == "gold"
+                 and not d["control"]), key=lambda c: bc[c]["k"])
     kx = [bc[c]["k"] for c in ks]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for metric in ("s_icl_it", "d_icl_it", "d_icl_sl"):
@@ -81,8 +82,7 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
         ax.legend(fontsize=8)
     figs["trend over k (95% CI over seeds)"] = save(fig, out / "figures/trend_over_k.png")
 
-    names = [c for c in bc if c.startswith("labels_") or bc[c].get("control") or
-             (bc[c]["k"] == bc[summary["base_condition"]]["k"] and c == summary["base_condition"])]
+    names = [c for c, d in bc.items() if d["labels"] != "gold" or d["control"] or c == summary["base_condition"]]
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.38
     for j, metric in enumerate(("s_icl_it", "d_icl_it")):
@@ -91,7 +91,7 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
         hi = [bc[c][metric]["last_layer"]["ci_high"] for c in names]
         err = np.nan_to_num(np.vstack([np.subtract(m, lo), np.subtract(hi, m)]))
         ax.bar(np.arange(len(names)) + j * width, m, width, yerr=err, capsize=3, label=PAIRS[metric])
-    labels = ["gold" if c == summary["base_condition"] else c.replace("labels_", "") for c in names]
+    labels = ["control" if bc[c]["control"] else bc[c]["labels"] for c in names]
     ax.set_xticks(np.arange(len(names)) + width / 2, labels)
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_title("Label correctness and the unrelated-task control (last layer)")

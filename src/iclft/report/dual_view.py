@@ -10,7 +10,7 @@ import pandas as pd
 from iclft.metrics.stats import MULTIPLICITY
 from iclft.report import html as H
 from iclft.report.figures import band, clamp_ylim, plt, save
-from iclft.sweep import atomic_write_text
+from iclft.rundir import atomic_write_text
 
 NAMES = {
     "simaou": "SimAOU (ICL vs FT-KV update)", "simaou_random": "SimAOU, random update (N(0, I))",

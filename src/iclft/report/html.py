@@ -122,7 +122,7 @@ def csv_table(out: Path, name: str, header: list[str], rows: list[list]) -> str:
 
     buf = io.StringIO()
     csv.writer(buf).writerows([header, *rows])
-    from iclft.sweep import atomic_write_text
+    from iclft.rundir import atomic_write_text
 
     atomic_write_text(Path(out) / "tables" / f"{name}.csv", buf.getvalue())
     data = base64.b64encode(buf.getvalue().encode("utf-8")).decode("ascii")

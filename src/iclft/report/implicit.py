@@ -10,7 +10,7 @@ import pandas as pd
 from iclft.metrics.stats import MULTIPLICITY
 from iclft.report import html as H
 from iclft.report.figures import errbar, plt, save
-from iclft.sweep import atomic_write_text
+from iclft.rundir import atomic_write_text
 
 VARIANT_STYLE = {"clean": "-", "misleading": "--"}
 KIND_COLOR = {"zsl": "black", "icl": "tab:blue", "full": "tab:red", "lora": "tab:orange"}

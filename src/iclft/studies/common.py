@@ -1,23 +1,15 @@
-"""What every study shares: YAML specs, the run directory contract, the manifest."""
+"""What every study's spec shares: common fields, YAML loading, presets and overrides."""
 
 from __future__ import annotations
 
-import json
-import platform
-import shutil
-import sys
-import time
-from contextlib import contextmanager
-from importlib import metadata
+from collections.abc import Collection
 from pathlib import Path
+from typing import Literal, get_args, get_origin
 
-import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-import iclft
 from iclft import UserError
-from iclft.sweep import atomic_write_json, atomic_write_text
 
 
 class RunSpec(BaseModel):
@@ -26,26 +18,29 @@ class RunSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field("builtin", description="'builtin', a hub id or a local model directory")
-    dtype: str = Field("float32", description="float32 | bfloat16 | float16")
-    device: str = Field("cpu", description="torch device")
-    attn_implementation: str = Field("sdpa", description="sdpa | eager")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype of the weights")
+    device: str = Field("cpu", pattern=r"^(cpu|mps|cuda(:\d+)?)$", description="torch device: cpu, mps, cuda[:N]")
+    attn_implementation: Literal["sdpa", "eager"] = Field("sdpa", description="attention kernel")
     pad_token: str | None = Field(None, description="pad token if the tokenizer has none ('eos' = EOS)")
     batch_size: int = Field(16, ge=1, description="prompts per forward pass")
     seeds: int = Field(30, ge=1, description="number of seeds (trials are repeated per seed)")
     seed_offset: int = Field(0, ge=0, description="first seed")
-    preset: str = Field("default", description="the preset these fields started from (default | quick), "
-                        "shown on every report")
+    preset: Literal["default", "quick", "paper"] = Field(
+        "default", description="the preset these fields started from, shown on every report")
 
     def seed_list(self) -> list[int]:
         return list(range(self.seed_offset, self.seed_offset + self.seeds))
 
 
 def load_spec(
-    cls: type[BaseModel], path: Path | None, overrides: dict, preset: dict | None = None, section: str | None = None
+    cls: type[BaseModel], path: Path | None, overrides: dict, preset: dict | None = None, section: str | None = None,
+    sections: Collection[str] = (),
 ) -> BaseModel:
     """Precedence: class defaults < preset (e.g. --quick) < YAML file < command-line overrides.
 
-    With `section` (used by `iclft run all`), the file may hold one mapping per study name; its other top-level
+    Layers merge deeply: a mapping (a nested spec such as `lora`) is merged key by key, anything else (numbers,
+    lists) replaces. A model instance in a preset stands for all of its fields. With `section` (used by `iclft run
+    all`), the file may hold one mapping per study name in `sections` (every study's name); its other top-level
     keys are shared fields (model, dtype, seeds, ...) that every study gets.
     """
     data: dict = {}
@@ -61,109 +56,58 @@ def load_spec(
         if not isinstance(data, dict):
             raise UserError(f"spec file {str(path)!r} must hold a mapping of fields, not {type(data).__name__}")
         if section is not None:
-            from iclft.studies import REGISTRY
-
             own = data.get(section) or {}
-            data = {k: v for k, v in data.items() if k not in REGISTRY}
-            data.update(own)
-    data = {**(preset or {}), **data, **{k: v for k, v in overrides.items() if v is not None}}
+            data = merge({k: v for k, v in data.items() if k not in {section, *sections}}, own)
+    data = merge(merge(merge(cls().model_dump(), preset or {}), data), overrides)
+    check_fields(cls, data)
     try:
         return cls(**data)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"]) or "spec"
-        raise UserError(f"invalid spec field {loc!r}: {err['msg']}") from None
+        got = f", not {err['input']!r}" if isinstance(err["input"], str | int | float) else ""
+        raise UserError(f"invalid spec field {loc!r}: {err['msg']}{got}") from None
 
 
-def spec_yaml(spec: BaseModel) -> str:
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
-
-
-@contextmanager
-def run_dir(out: Path, spec: BaseModel, identity: dict | None = None):
-    """Create (or resume) OUT.
-
-    Resuming needs the same spec and the same identity (iclft version, model hash): shards computed by other
-    code or weights must not be mixed in. A fresh directory that fails with an input error before any unit
-    finished is removed again; finished shards are never thrown away.
-    """
-    out = Path(out)
-    text = spec_yaml(spec)
-    ident = json.dumps(identity or {}, sort_keys=True)
-    created = not out.exists()
-    if not created:
-        old = out / "spec.yaml"
-        if old.is_file():
-            if old.read_text(encoding="utf-8") != text:
-                raise UserError(f"{str(out)!r} holds a run with a different spec; choose another --out")
-            old_ident = out / "identity.json"
-            if old_ident.is_file() and old_ident.read_text(encoding="utf-8").strip() != ident:
-                raise UserError(f"{str(out)!r} was started by another iclft version or model weights; "
-                                "choose another --out")
-        elif any(out.iterdir()):
-            raise UserError(f"{str(out)!r} exists and is not an iclft run directory")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "spec.yaml", text)
-    atomic_write_text(out / "identity.json", ident + "\n")
-    try:
-        yield out
-    except UserError:
-        if created and not any((out / "shards").glob("*.parquet")):
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-
-
-def execute(study: str, spec, out: Path, loaded, units, unit_fn, summarise, write_report, started: float,
-            manifest_extra=None, examples=None) -> Path:
-    """The tail every study shares: units -> shards -> records -> summary -> report -> manifest.
-
-    summarise(records) -> dict; write_report(out, records, summary, spec, model_info);
-    manifest_extra(summary) -> dict of study-specific manifest fields; examples() -> {setting: [token ids, ...]},
-    two prompts per setting, written as tokens to examples.json for the report's methods section.
-    """
-    from iclft.sweep import atomic_write_parquet, run_units
-
-    identity = {"iclft_version": iclft.__version__, "model": loaded.info.get("model"),
-                "model_sha256": loaded.info.get("model_sha256"), "stand_in": loaded.info.get("builtin_stand_in")}
-    with run_dir(out, spec, identity) as out:
-        if examples is not None:
-            tok = loaded.tokenizer
-            atomic_write_json(out / "examples.json",
-                              {k: [tok.convert_ids_to_tokens(list(ids)) for ids in v] for k, v in examples().items()})
-        records = run_units(units, unit_fn, out / "shards", desc=study)
-        atomic_write_parquet(records, out / "records.parquet")
-        summary = summarise(records)
-        atomic_write_json(out / "summary.json", summary)
-        write_report(out, records, summary, spec, loaded.info)
-        extra = {"study": study, "units": len(units), **(manifest_extra(summary) if manifest_extra else {})}
-        write_manifest(out, manifest(spec, loaded, started, extra))
+def merge(base: dict, top: dict) -> dict:
+    """`top` over `base`; mappings merge key by key, other values (and model instances, as all their fields)
+    replace."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, BaseModel):
+            value = value.model_dump()
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 
-def manifest(spec, loaded, started: float, extra: dict | None = None) -> dict:
-    versions = {}
-    for pkg in ("torch", "transformers", "peft", "numpy", "scipy", "pandas", "sentence-transformers"):
+def check_fields(cls: type[BaseModel], data: dict, prefix: str = "") -> None:
+    """Unknown keys, at any depth of nested specs, are one error naming the field and the known ones."""
+    for key, value in data.items():
+        field = cls.model_fields.get(key)
+        if field is None:
+            raise UserError(f"unknown spec field {prefix + str(key)!r}; known: {', '.join(cls.model_fields)}")
+        nested = [t for t in (field.annotation, *get_args(field.annotation))
+                  if isinstance(t, type) and get_origin(t) is None and issubclass(t, BaseModel)]  # list[int]: 3.10
+        if nested and isinstance(value, dict):
+            check_fields(nested[0], value, f"{prefix}{key}.")
+
+
+def parse_sets(items: list[str]) -> dict:
+    """`--set a.b=v` overrides as a nested mapping; values are YAML (5 -> int, [1, 2] -> list, null -> None)."""
+    out: dict = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        path = key.strip().split(".")
+        if not eq or not all(path):
+            raise UserError(f"--set expects FIELD=VALUE (nested fields with dots: lora.steps=5), not {item!r}")
         try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return {
-        "iclft_version": iclft.__version__,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "versions": versions,
-        "command": " ".join(sys.argv),
-        "seeds": spec.seed_list(),
-        "batch_size": spec.batch_size,
-        "dtype": spec.dtype,
-        "device": spec.device,
-        "torch_threads": torch.get_num_threads(),
-        "model": loaded.info,
-        "wall_time_s": round(time.time() - started, 2),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **(extra or {}),
-    }
-
-
-def write_manifest(out: Path, data: dict) -> None:
-    atomic_write_json(Path(out) / "manifest.json", data)
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise UserError(f"--set {key}: {text!r} is not a valid YAML value") from None
+        node = out
+        for part in path[:-1]:
+            if not isinstance(node.get(part, {}), dict):
+                raise UserError(f"--set {key}: {part!r} was already set to a value")
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out

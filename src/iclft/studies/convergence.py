@@ -11,25 +11,26 @@ unrelated-task control. Queries are the same for every condition of a seed, so c
 from __future__ import annotations
 
 import random
-import time
 import zlib
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import Field
+from pydantic import Field, PositiveInt
 
 from iclft import UserError
 from iclft.capture import capture, site_names
 from iclft.metrics.dual import predict_labels
 from iclft.metrics.similarity import CONVERGENCE_KEYS, convergence_metrics, demo_query_similarity
 from iclft.metrics.stats import compare, correlation, headline, interval, judge, layer_intervals
-from iclft.models.load import load
+from iclft.models.load import Loaded, load
 from iclft.prompts import Embedder, PromptBuilder, corrupt_labels, select_demos
-from iclft.studies.common import RunSpec, execute
+from iclft.studies.common import RunSpec
+from iclft.studies.protocol import Study
 from iclft.sweep import Unit
-from iclft.tasks import get_task
+from iclft.tasks import Task, get_task
 from iclft.tuning import LoraConfigSpec, StackedLora
 
 METRICS = CONVERGENCE_KEYS
@@ -42,10 +43,12 @@ class ConvergenceSpec(RunSpec):
     )
     seeds: int = Field(6, ge=1, description="number of seeds (trials are repeated per seed)")
     queries_per_seed: int = Field(3, ge=1, description="test queries per seed (paired across conditions)")
-    k_values: list[int] = Field([1, 2, 4, 8], description="numbers of demonstrations swept")
+    k_values: list[PositiveInt] = Field([1, 2, 4, 8], description="numbers of demonstrations swept")
     base_k: int = Field(4, ge=1, description="k used while selection / labels / control vary")
-    selections: list[str] = Field(["random", "most_similar", "least_similar"], description="demo selection")
-    label_modes: list[str] = Field(["gold", "flipped", "random"], description="label correctness")
+    selections: list[Literal["random", "most_similar", "least_similar"]] = Field(
+        ["random", "most_similar", "least_similar"], description="demo selection")
+    label_modes: list[Literal["gold", "flipped", "random"]] = Field(
+        ["gold", "flipped", "random"], description="label correctness")
     candidates: int = Field(256, ge=1, description="candidate pool size for similarity-based selection")
     embedder: str = Field("all-MiniLM-L6-v2", description="sentence-transformers name or path")
     lora: LoraConfigSpec = Field(default_factory=lambda: LoraConfigSpec(steps=10, lr=3e-3),
@@ -75,9 +78,17 @@ def conditions(spec: ConvergenceSpec) -> list[dict]:
     return out
 
 
-def run(spec: ConvergenceSpec, out: Path) -> Path:
-    started = time.time()
-    # Every input check happens before OUT is touched, so a bad input leaves nothing behind.
+@dataclass(frozen=True)
+class Context:
+    loaded: Loaded
+    task: Task
+    control: Task | None
+    builder: PromptBuilder
+    embedder: Embedder
+
+
+def setup(spec: ConvergenceSpec) -> Context:
+    # Every input check happens here, before OUT is touched, so a bad input leaves nothing behind.
     loaded = load(spec.model, dtype=spec.dtype, device=spec.device,
                   attn_implementation=spec.attn_implementation, pad_token=spec.pad_token)
     task = get_task(spec.task)
@@ -85,26 +96,22 @@ def run(spec: ConvergenceSpec, out: Path) -> Path:
         raise UserError(f"the convergence study needs a classification task; {spec.task!r} has no label words")
     control = get_task(spec.control_task) if spec.control_task else None
     builder = PromptBuilder(loaded.tokenizer, task, max_len=loaded.max_len)
-    conds = conditions(spec)
-    _check_fits(builder, task, control, max(c["k"] for c in conds))
-    embedder = Embedder(spec.embedder)
-    n_layers = loaded.info["n_layers"]
-
-    def unit_fn(unit: Unit) -> pd.DataFrame:
-        return _run_unit(spec, unit.params["cond"], unit.params["seed"], loaded, task, control, builder,
-                         embedder, n_layers)
-
-    units = [Unit(f"{c['name']}__s{s}", {"cond": c, "seed": s}) for c in conds for s in spec.seed_list()]
-    from iclft.report.convergence import write_report
-
-    return execute("convergence", spec, out, loaded, units, unit_fn,
-                   lambda records: summarise(records, spec, conds, loaded.info), write_report, started,
-                   examples=lambda: _examples(spec, task, builder))
+    _check_fits(builder, task, control, max(c["k"] for c in conditions(spec)))
+    return Context(loaded, task, control, builder, Embedder(spec.embedder))
 
 
-def _examples(spec: ConvergenceSpec, task, builder) -> dict[str, list[list[int]]]:
+def units(spec: ConvergenceSpec, ctx: Context) -> list[Unit]:
+    return [Unit(f"{c['name']}__s{s}", {"cond": c, "seed": s}) for c in conditions(spec) for s in spec.seed_list()]
+
+
+def run_unit(spec: ConvergenceSpec, ctx: Context, unit: Unit) -> pd.DataFrame:
+    return _run_unit(spec, unit.params["cond"], unit.params["seed"], ctx.loaded, ctx.task, ctx.control, ctx.builder,
+                     ctx.embedder, ctx.loaded.info["n_layers"])
+
+
+def examples(spec: ConvergenceSpec, ctx: Context) -> dict[str, list[list[int]]]:
     """The first seed's first two base-condition trials, as each setting sees them (for the report)."""
-    seed = spec.seed_offset
+    task, builder, seed = ctx.task, ctx.builder, spec.seed_offset
     queries = random.Random(seed).sample(task.test, spec.queries_per_seed)[:2]
     rng = random.Random(f"{seed}/random/{spec.base_k}/False")
     demos = [select_demos(q, task.train, spec.base_k, "random", rng, None, spec.candidates) for q in queries]
@@ -199,7 +206,8 @@ def _accuracy(trials: pd.DataFrame, setting: str) -> dict:
     return interval(g.mean().to_numpy(float), "acc", trials=g.count().to_numpy(float))
 
 
-def summarise(records: pd.DataFrame, spec: ConvergenceSpec, conds: list[dict], model_info: dict) -> dict:
+def summarise(records: pd.DataFrame, spec: ConvergenceSpec, model_info: dict) -> dict:
+    conds = conditions(spec)
     last = int(records["layer"].max())
     base = records[records["base"]]
     summary: dict = {"study": "convergence", "model": model_info.get("model"),
@@ -289,3 +297,7 @@ def headlines(summary: dict, d_icl_it_per_seed: np.ndarray) -> list[dict]:
             out.append(headline(FACTOR_CLAIMS[c["factor"]], f"per-seed Pearson r (d_icl_it, {c['factor']})",
                                 c["per_seed_pearson"], "positive", c["per_seed_test"]))
     return judge(out)
+
+
+STUDY = Study(name="convergence", spec=ConvergenceSpec, presets={"quick": QUICK, "paper": PAPER}, setup=setup,
+              units=units, run_unit=run_unit, summarise=summarise, examples=examples)

@@ -24,13 +24,11 @@ Choices, stated once:
 from __future__ import annotations
 
 import json
-import math
 import random
-import time
 import warnings
 import zlib
-from pathlib import Path
-from typing import Literal
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
@@ -52,11 +50,12 @@ from iclft.metrics.dual import (
 )
 from iclft.metrics.dualform import check_dual_form
 from iclft.metrics.stats import compare, headline, interval, judge, layer_intervals
-from iclft.models.load import load
+from iclft.models.load import Loaded, load
 from iclft.prompts import PromptBuilder
-from iclft.studies.common import RunSpec, execute
+from iclft.studies.common import RunSpec
+from iclft.studies.protocol import Study
 from iclft.sweep import Unit
-from iclft.tasks.base import Example, Task
+from iclft.tasks import Example, Task, get_task
 from iclft.tuning.ft_kv import FtKvSession
 
 LAYER_METRICS = ("simaou", "simaou_random", "simam_before", "simam_after", "kendall", "kendall_random")
@@ -84,7 +83,8 @@ class DualSpec(RunSpec):
         "balanced", description="balanced: k/n_labels per label (remainder random), seeded order; random: any")
     instruction: bool = Field(True, description="instruction in the ICL and ZSL prompts")
     ft_instruction: bool = Field(False, description="instruction in the FT-KV training examples")
-    lr_grid: list[float] = Field([1e-4, 3e-4, 1e-3, 3e-3, 1e-2], description="FT-KV SGD learning rates tried")
+    lr_grid: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
+        [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], min_length=1, description="FT-KV SGD learning rates tried")
     val_size: int = Field(200, ge=1, description="validation queries (from TRAIN) for choosing the learning rate")
     query_chunk: int = Field(256, ge=1, description="queries held in memory at once")
 
@@ -94,43 +94,41 @@ PAPER = dict(preset="paper", seeds=10, k=32, queries=None, val_size=200)
 QUICK = dict(preset="quick", seeds=2, k=4, queries=16, lr_grid=[1e-3, 1e-2], val_size=16)
 
 
-def resolve_task(name: str) -> Task:
-    if name.startswith("dai/"):
-        from iclft.tasks.dai import dai_task
-
-        return dai_task(name)
-    from iclft.tasks import get_task
-
-    return get_task(name)
+@dataclass(frozen=True)
+class Context:
+    loaded: Loaded
+    task: Task
+    builder: PromptBuilder
+    queries: list[Example]  # the measured queries (validated)
 
 
-def run(spec: DualSpec, out: Path) -> Path:
-    started = time.time()
-    # Every input check happens before OUT is touched, so a bad input leaves nothing behind.
+def setup(spec: DualSpec) -> Context:
+    # Every input check happens here, before OUT is touched, so a bad input leaves nothing behind.
     loaded = load(spec.model, dtype=spec.dtype, device=spec.device,
                   attn_implementation=spec.attn_implementation, pad_token=spec.pad_token)
-    task = resolve_task(spec.task)
+    task = get_task(spec.task)
     builder = PromptBuilder(loaded.tokenizer, task)  # context length is checked (and k fitted) per seed
-    queries = validate(spec, task, builder, loaded.max_len)
-    n_layers = loaded.info["n_layers"]
-
-    def unit_fn(unit: Unit) -> pd.DataFrame:
-        return run_seed(spec, unit.params["seed"], loaded, task, builder, queries, n_layers)
-
-    units = [Unit(f"seed{s}", {"seed": s}) for s in spec.seed_list()]
-    from iclft.report.dual_view import write_report
-
-    def extra(summary: dict) -> dict:
-        return {"lr_grid": list(spec.lr_grid), "lr_choice": summary["lr_choice"], "k_per_seed": summary["k_per_seed"],
-                "demo_sampling": spec.demo_sampling, "val_size": spec.val_size, "n_queries": len(queries),
-                "prefix_kv_cache": True}
-
-    return execute("dual", spec, out, loaded, units, unit_fn, lambda records: summarise(records, spec, loaded.info),
-                   write_report, started, extra, examples=lambda: _examples(spec, loaded, task, builder, queries))
+    return Context(loaded, task, builder, validate(spec, task, builder, loaded.max_len))
 
 
-def _examples(spec: DualSpec, loaded, task: Task, builder: PromptBuilder, queries: list[Example]) -> dict:
+def units(spec: DualSpec, ctx: Context) -> list[Unit]:
+    return [Unit(f"seed{s}", {"seed": s}) for s in spec.seed_list()]
+
+
+def run_unit(spec: DualSpec, ctx: Context, unit: Unit) -> pd.DataFrame:
+    return run_seed(spec, unit.params["seed"], ctx.loaded, ctx.task, ctx.builder, ctx.queries,
+                    ctx.loaded.info["n_layers"])
+
+
+def manifest(spec: DualSpec, ctx: Context, summary: dict) -> dict:
+    return {"lr_grid": list(spec.lr_grid), "lr_choice": summary["lr_choice"], "k_per_seed": summary["k_per_seed"],
+            "demo_sampling": spec.demo_sampling, "val_size": spec.val_size, "n_queries": len(ctx.queries),
+            "prefix_kv_cache": True}
+
+
+def examples(spec: DualSpec, ctx: Context) -> dict:
     """The first seed's prompts for the first two queries, and its first two FT-KV training sequences."""
+    loaded, task, builder, queries = ctx.loaded, ctx.task, ctx.builder, ctx.queries
     rng = random.Random(f"dual/{spec.seed_offset}")
     demos = draw_demos(demo_pool(task, queries), spec.k, task.label_words, spec.demo_sampling, rng)
     longest = max(queries, key=lambda q: len(builder.build(q, [], instruction=spec.instruction)))
@@ -151,11 +149,6 @@ def validate(spec: DualSpec, task: Task, builder: PromptBuilder, max_len: int) -
         raise UserError(f"the dual-view study needs a classification task; {spec.task!r} has no label words")
     if builder.label_token_ids is None:
         raise UserError(f"task {spec.task!r}: no label tokens")
-    if not spec.lr_grid:
-        raise UserError("lr_grid is empty: give at least one FT-KV learning rate")
-    bad = [lr for lr in spec.lr_grid if not (math.isfinite(lr) and lr >= 0)]
-    if bad:
-        raise UserError(f"lr_grid holds invalid learning rates {bad}; they must be finite and >= 0")
     if spec.queries is not None and spec.queries > len(task.test):
         raise UserError(f"asked for {spec.queries} queries but the test split has {len(task.test)}")
     # a fixed shuffle first: some hub test splits are stored sorted by label, and a prefix would be one class
@@ -426,3 +419,7 @@ def headlines(summary: dict) -> list[dict]:
         headline("ICL attention weights rank demonstration tokens like FT-KV's query similarities (Kendall τ above "
                  "random)", "Kendall τ", summary["kendall"], both("kendall"), p["kendall_vs_random"]),
     ])
+
+
+STUDY = Study(name="dual", spec=DualSpec, presets={"quick": QUICK, "paper": PAPER}, setup=setup, units=units,
+              run_unit=run_unit, summarise=summarise, examples=examples, manifest=manifest)

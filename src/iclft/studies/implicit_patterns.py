@@ -23,23 +23,23 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 import weakref
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
-import torch
-from pydantic import Field
+from pydantic import Field, NonNegativeInt, PositiveInt
 
 from iclft import UserError
-from iclft.capture.core import pad_left
+from iclft.capture.decode import Scorer
 from iclft.circuits.pairs import build_pairs, pair_ids
 from iclft.circuits.patching import activation_patching, attribution_patching, circuit_shift, make_pairs, top_k
 from iclft.metrics.stats import REPRODUCED, compare, correlation, headline, interval, judge, verdict
-from iclft.models.load import load
+from iclft.models.load import Loaded, load
 from iclft.prompts import PromptBuilder
-from iclft.studies.common import RunSpec, execute
+from iclft.studies.common import RunSpec
+from iclft.studies.protocol import Study
 from iclft.sweep import Unit
 from iclft.tasks.implicit import DEFAULT_RULE, FAMILIES, RULES, generate, implicit_task, normalise_answer
 from iclft.tuning.finetune import FinetuneSpec, finetune
@@ -51,30 +51,36 @@ CIRCUIT_SETTINGS = ("base", "icl", "ft")
 
 class ImplicitSpec(RunSpec):
     seeds: int = Field(5, ge=1, description="number of seeds (task draws, demonstrations, FT data order)")
-    families: list[str] = Field(list(FAMILIES), description="implicit-pattern families")
+    families: list[Literal[FAMILIES]] = Field(list(FAMILIES), min_length=1, description="implicit-pattern families")
     rules: dict[str, str] = Field({}, description="family -> rule; default: the held-out rule (DEFAULT_RULE)")
-    n_eval: int = Field(20, ge=1, description="test items per variant (clean / misleading) per seed")
-    k_values: list[int] = Field([0, 1, 2, 4, 8, 16], description="ICL numbers of demonstrations")
-    ft_sizes: list[int] = Field([16, 64, 256], description="FT numbers of training samples N (paper: to 1024)")
-    ft_methods: list[str] = Field(["full", "lora"], description="fine-tuning methods")
-    full: FinetuneSpec = Field(default_factory=lambda: FinetuneSpec(method="full", lr=3e-4, steps=20, epochs=2),
+    n_eval: int = Field(12, ge=1, description="test items per variant (clean / misleading) per seed")
+    k_values: list[NonNegativeInt] = Field([0, 1, 2, 4, 8, 16], min_length=1,
+                                           description="ICL numbers of demonstrations")
+    ft_sizes: list[PositiveInt] = Field([16, 64, 128], min_length=1,
+                                        description="FT numbers of training samples N (paper: to 1024)")
+    ft_methods: list[Literal["full", "lora"]] = Field(["full", "lora"], description="fine-tuning methods")
+    full: FinetuneSpec = Field(default_factory=lambda: FinetuneSpec(method="full", lr=3e-4, steps=12, epochs=2,
+                                                                       eval_every=4),
                                description="full fine-tuning")
-    lora: FinetuneSpec = Field(default_factory=lambda: FinetuneSpec(method="lora", lr=3e-3, steps=20, epochs=2),
+    lora: FinetuneSpec = Field(default_factory=lambda: FinetuneSpec(method="lora", lr=3e-3, steps=12, epochs=2,
+                                                                       eval_every=4),
                                description="LoRA fine-tuning")
-    curve_eval: int = Field(10, ge=1, description="test items per variant scored during fine-tuning")
+    curve_eval: int = Field(6, ge=1, description="test items per variant scored during fine-tuning")
     instruction: bool = Field(True, description="prepend the task instruction to every prompt")
     max_new_tokens: int = Field(6, ge=1, description="greedy decoding budget for numeric answers")
     circuit_pairs: int = Field(6, ge=0, description="clean/misleading pairs per family and seed (0: no circuits)")
     circuit_k: int = Field(4, ge=1, description="demonstrations in the ICL circuit setting")
-    circuit_ft: str = Field("full", description="fine-tuning method of the FT circuit setting")
+    circuit_ft: Literal["full", "lora"] = Field("full", description="fine-tuning method of the FT circuit setting")
     circuit_n: int | None = Field(None, description="N of the FT circuit setting (default: the largest N)")
-    circuit_method: str = Field("exhaustive", description="effects used for circuits: exhaustive | attribution")
+    circuit_method: Literal["exhaustive", "attribution"] = Field("exhaustive", description="effects used for circuits")
     top_k: int = Field(8, ge=1, description="circuit size K (top-K components by |effect|)")
 
 
-# Yin et al.'s scale: k up to 16, N up to 1024, every family.
+# Yin et al.'s scale: k up to 16, N up to 1024, every family; 20 FT steps at least, 8 curve points per run.
 PAPER = dict(preset="paper", seeds=5, families=list(FAMILIES), n_eval=20, k_values=[0, 1, 2, 4, 8, 16],
-             ft_sizes=[16, 64, 256, 1024], circuit_pairs=6)
+             ft_sizes=[16, 64, 256, 1024], circuit_pairs=6, curve_eval=10,
+             full=FinetuneSpec(method="full", lr=3e-4, steps=20, epochs=2),
+             lora=FinetuneSpec(method="lora", lr=3e-3, steps=20, epochs=2))
 QUICK = dict(
     preset="quick",
     seeds=2, families=["parity", "expression"], n_eval=8, k_values=[0, 2], ft_sizes=[16],
@@ -93,64 +99,53 @@ def _ft_spec(spec: ImplicitSpec, method: str) -> FinetuneSpec:
 
 
 def check_spec(spec: ImplicitSpec) -> None:
-    bad = [f for f in spec.families if f not in FAMILIES]
-    if bad or not spec.families:
-        raise UserError(f"unknown implicit families {bad}; choose from {', '.join(FAMILIES)}")
+    """What the field types cannot say."""
     for fam, rule in spec.rules.items():
         if fam not in FAMILIES or rule not in RULES[fam]:
             raise UserError(f"unknown rule {rule!r} for family {fam!r}")
-    if not spec.k_values or any(k < 0 for k in spec.k_values):
-        raise UserError("k_values must be non-negative numbers of demonstrations")
-    if not spec.ft_sizes or any(n < 1 for n in spec.ft_sizes):
-        raise UserError("ft_sizes must be positive numbers of training samples")
-    bad = [m for m in spec.ft_methods if m not in ("full", "lora")]
-    if bad:
-        raise UserError(f"unknown fine-tuning methods {bad}; choose from full, lora")
-    if spec.circuit_pairs and spec.circuit_ft not in ("full", "lora"):
-        raise UserError(f"circuit_ft must be full or lora, not {spec.circuit_ft!r}")
-    if spec.circuit_method not in ("exhaustive", "attribution"):
-        raise UserError(f"circuit_method must be exhaustive or attribution, not {spec.circuit_method!r}")
     if spec.curve_eval > spec.n_eval:
         raise UserError("curve_eval must not exceed n_eval")
 
 
-def run(spec: ImplicitSpec, out: Path) -> Path:
-    started = time.time()
-    check_spec(spec)  # every input check happens before OUT is touched
+@dataclass(frozen=True)
+class Context:
+    loaded: Loaded
+    n_train: int  # training items per task: enough for every k, N and the circuit setting
+
+
+def setup(spec: ImplicitSpec) -> Context:
+    check_spec(spec)  # every input check happens here, before OUT is touched
     loaded = load(spec.model, dtype=spec.dtype, device=spec.device,
                   attn_implementation=spec.attn_implementation, pad_token=spec.pad_token)
     n_train = max(max(spec.ft_sizes), max(spec.k_values) + 1, spec.circuit_k + 1)
-    ctx = {}
-    for fam in spec.families:
+    for fam in spec.families:  # the longest prompt must fit the context (build raises otherwise)
         task = implicit_task(fam, seed=spec.seed_offset, n_train=n_train, n_test=spec.n_eval, rule=_rule(spec, fam))
         builder = PromptBuilder(loaded.tokenizer, task, max_len=loaded.max_len)
         longest = sorted(task.train, key=lambda e: len(e.input))[-max(spec.k_values):] if max(spec.k_values) else []
         builder.build(max(task.test, key=lambda e: len(e.input)), longest, instruction=spec.instruction)
-        ctx[fam] = builder
+    return Context(loaded, n_train)
 
-    units = []
+
+def units(spec: ImplicitSpec, ctx: Context) -> list[Unit]:
+    out = []
     for fam in spec.families:
         for s in spec.seed_list():
-            units.append(Unit(f"{fam}__s{s}__icl", {"family": fam, "seed": s, "part": "icl"}))
-            units += [Unit(f"{fam}__s{s}__ft_{m}", {"family": fam, "seed": s, "part": f"ft_{m}"})
-                      for m in spec.ft_methods]
+            out.append(Unit(f"{fam}__s{s}__icl", {"family": fam, "seed": s, "part": "icl"}))
+            out += [Unit(f"{fam}__s{s}__ft_{m}", {"family": fam, "seed": s, "part": f"ft_{m}"})
+                    for m in spec.ft_methods]
             if spec.circuit_pairs:
-                units.append(Unit(f"{fam}__s{s}__circuits", {"family": fam, "seed": s, "part": "circuits"}))
-
-    def unit_fn(unit: Unit) -> pd.DataFrame:
-        p = unit.params
-        return run_unit(spec, loaded, p["family"], p["seed"], p["part"], n_train)
-
-    from iclft.report.implicit import write_report
-
-    return execute("implicit", spec, out, loaded, units, unit_fn,
-                   lambda records: summarise(records, spec, loaded.info), write_report, started,
-                   examples=lambda: _examples(spec, loaded, n_train))
+                out.append(Unit(f"{fam}__s{s}__circuits", {"family": fam, "seed": s, "part": "circuits"}))
+    return out
 
 
-def _examples(spec: ImplicitSpec, loaded, n_train: int) -> dict:
+def _study_unit(spec: ImplicitSpec, ctx: Context, unit: Unit) -> pd.DataFrame:
+    p = unit.params
+    return run_unit(spec, ctx.loaded, p["family"], p["seed"], p["part"], ctx.n_train)
+
+
+def examples(spec: ImplicitSpec, ctx: Context) -> dict:
     """The first family's first seed, as each setting sees it (for the report)."""
-    fam, seed = spec.families[0], spec.seed_offset
+    loaded, n_train, fam, seed = ctx.loaded, ctx.n_train, spec.families[0], spec.seed_offset
     task, tests = _tasks(spec, fam, seed, n_train)
     builder = PromptBuilder(loaded.tokenizer, task, max_len=loaded.max_len)
     k = max(spec.k_values)
@@ -164,112 +159,6 @@ def _examples(spec: ImplicitSpec, loaded, n_train: int) -> dict:
         f"{fam}: FT training examples": [ids for ids, _ in _training_examples(builder, _train_order(task, seed)[:2],
                                                                             spec.instruction)],
     }
-
-
-# ------------------------------------------------------------------------------------ scoring
-
-
-def _keep(model) -> dict:
-    from iclft.capture.prefix import keep_last  # also through PEFT's wrapper (LoRA models during fine-tuning)
-
-    return keep_last(model)
-
-
-def _batch_inputs(model, seqs: list[list[int]], pad_id: int, device, cache: bool = False):
-    """Forward-pass inputs for one batch of prompts. The tokens every prompt of the batch starts with (the
-    instruction) run once and come as a KV cache; the rest is laid out [prefix | pad .. | rest of prompt r],
-    the padding masked out and position ids continuing from the prefix, so each prompt sees exactly the
-    positions it would alone. Without a shared prefix (or one prompt): plain left padding.
-    Returns (kwargs, attention mask, position ids)."""
-    n = min(len(q) for q in seqs)
-    cut = 0
-    if len(seqs) > 1:
-        while cut < n - 1 and all(q[cut] == seqs[0][cut] for q in seqs):
-            cut += 1
-    if cut == 0:
-        ids, mask, pos = pad_left(seqs, pad_id, device)
-        return dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=cache), mask, pos
-    from iclft.capture.prefix import cache_of, prefix_cache
-
-    ids, smask, spos = pad_left([q[cut:] for q in seqs], pad_id, device)
-    mask = torch.cat([torch.ones_like(smask[:, :1]).expand(-1, cut), smask], dim=1)
-    pos = spos + cut
-    past = cache_of(model, prefix_cache(model, seqs[0][:cut]), len(seqs))
-    return dict(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=True), mask, pos
-
-
-@torch.no_grad()
-def last_logits(model, prompts: list[list[int]], pad_id: int, batch_size: int = 16) -> torch.Tensor:
-    """(n, vocab) next-token logits after each prompt (length-sorted, left-padded batches; the prefix the
-    prompts of a batch share is computed once)."""
-    device = next(model.parameters()).device
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    out = [None] * len(prompts)
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        kwargs, _, _ = _batch_inputs(model, [prompts[i] for i in idx], pad_id, device)
-        logits = model(**kwargs, **_keep(model)).logits[:, -1].float().cpu()
-        for r, i in enumerate(idx):
-            out[i] = logits[r]
-    return torch.stack(out)
-
-
-@torch.no_grad()
-def greedy_decode(model, prompts: list[list[int]], pad_id: int, max_new_tokens: int, stop_ids: set[int],
-                  batch_size: int = 16) -> list[list[int]]:
-    """Greedy continuations (without the stop token) of each prompt; batched with left padding, a KV cache
-    and position ids that continue each prompt's own positions (the prefix the prompts of a batch share is
-    computed once)."""
-    device = next(model.parameters()).device
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    result: list[list[int]] = [[] for _ in prompts]
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        kwargs, mask, pos = _batch_inputs(model, [prompts[i] for i in idx], pad_id, device, cache=True)
-        out = model(**kwargs, **_keep(model))
-        past = out.past_key_values
-        nxt = out.logits[:, -1].argmax(-1)
-        done = [False] * len(idx)
-        for step in range(max_new_tokens):
-            for r, tokid in enumerate(nxt.tolist()):
-                if not done[r]:
-                    if tokid in stop_ids:
-                        done[r] = True
-                    else:
-                        result[idx[r]].append(tokid)
-            if all(done) or step == max_new_tokens - 1:
-                break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            pos = pos[:, -1:] + 1
-            out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos, past_key_values=past,
-                        use_cache=True)
-            past = out.past_key_values
-            nxt = out.logits[:, -1].argmax(-1)
-    return result
-
-
-class Scorer:
-    """Correctness of prompts for one task: label scoring for closed answer sets, greedy decoding else."""
-
-    def __init__(self, builder: PromptBuilder, pad_id: int, batch_size: int, max_new_tokens: int):
-        self.builder, self.pad_id, self.batch_size = builder, pad_id, batch_size
-        tok = builder.tok
-        self.task = builder.task
-        sep = list(builder._enc(self.task.separator))[:1] + list(builder._enc("\n"))[:1]
-        self.stop = set(sep) | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
-        longest = max((len(builder._enc(self.task.answer_prefix + e.label)) for e in self.task.train), default=1)
-        self.max_new = max(max_new_tokens, longest + 1)
-
-    def __call__(self, model, prompts: list[list[int]], golds: list[str]) -> list[bool]:
-        if self.builder.label_token_ids is not None:
-            logits = last_logits(model, prompts, self.pad_id, self.batch_size)
-            pred = logits[:, self.builder.label_token_ids].argmax(-1).tolist()
-            return [self.task.label_words[p] == g for p, g in zip(pred, golds, strict=True)]
-        # the budget also covers this call's gold answers (misleading test answers can outgrow training ones)
-        need = max((len(self.builder._enc(self.task.answer_prefix + g)) + 1 for g in golds), default=1)
-        gens = greedy_decode(model, prompts, self.pad_id, max(self.max_new, need), self.stop, self.batch_size)
-        texts = [self.builder.tok.decode(g, skip_special_tokens=True) for g in gens]
-        return [normalise_answer(t) == normalise_answer(g) for t, g in zip(texts, golds, strict=True)]
 
 
 # ------------------------------------------------------------------------------------ units
@@ -286,7 +175,7 @@ def run_unit(spec: ImplicitSpec, loaded, family: str, seed: int, part: str, n_tr
     task, tests = _tasks(spec, family, seed, n_train)
     builder = PromptBuilder(loaded.tokenizer, task, max_len=loaded.max_len)
     pad = loaded.tokenizer.pad_token_id
-    scorer = Scorer(builder, pad, spec.batch_size, spec.max_new_tokens)
+    scorer = Scorer(builder, pad, spec.batch_size, spec.max_new_tokens, normalise_answer)
     base = {"family": family, "seed": seed}
     if part == "icl":
         return _icl_unit(spec, loaded, task, tests, builder, scorer, base)
@@ -580,3 +469,7 @@ def _circuits(effects: pd.DataFrame, spec: ImplicitSpec):
     circuits = {"method": spec.circuit_method, "top_k": spec.top_k, "mean_effects": heat,
                 "n_pairs": float(effects["n_pairs"].mean()) if len(effects) else 0.0}
     return shift, agreement, circuits
+
+
+STUDY = Study(name="implicit", spec=ImplicitSpec, presets={"quick": QUICK, "paper": PAPER}, setup=setup,
+              units=units, run_unit=_study_unit, summarise=summarise, examples=examples)

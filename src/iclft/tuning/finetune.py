@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -23,8 +22,9 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from iclft.capture.core import pad_left
 from iclft.models.families import Family
+from iclft.prompts.batching import pad_after_prefix, pad_left
+from iclft.tuning.lora import LoraSpec, add_lora, init_lora
 
 
 class FinetuneSpec(BaseModel):
@@ -42,10 +42,7 @@ class FinetuneSpec(BaseModel):
     loss_on: Literal["answer", "all"] = Field("answer", description="loss on the answer tokens or all tokens")
     eval_every: int | None = Field(None, ge=1, description="record loss and accuracy every this many steps "
                                    "(None: 8 records per run)")
-    lora_r: int = Field(8, ge=1, description="LoRA rank")
-    lora_alpha: int = Field(16, ge=1, description="LoRA alpha (scale = alpha / r)")
-    lora_targets: list[str] | None = Field(None, description="LoRA module-name suffixes; default: the family's")
-
+    adapter: LoraSpec = Field(default_factory=LoraSpec, description="the LoRA adapter (method lora)")
 
     def steps_for(self, n: int) -> int:
         """Optimizer steps for N training examples."""
@@ -129,17 +126,11 @@ def prefix_lm_batch(examples, idx, cut: int, pad_id, device):
     (1, cut) prefix and the rows after it, laid out [prefix | pad .. pad | rest of row r] (the padding masked
     out, position ids continuing from the prefix), so each row sees exactly the positions it would alone."""
     seqs = [examples[i][0][cut:] for i in idx]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    smask = torch.zeros((len(seqs), width), dtype=torch.long)
+    ids, mask, pos = pad_after_prefix(seqs, cut, pad_id)
+    width = ids.shape[1]
     target = torch.zeros((len(seqs), width), dtype=torch.bool)
     for r, i in enumerate(idx):
-        n = len(seqs[r])
-        ids[r, width - n:] = torch.tensor(seqs[r], dtype=torch.long)
-        smask[r, width - n:] = 1
-        target[r, width - n:] = torch.tensor(examples[i][1][cut:], dtype=torch.bool)
-    pos = cut + (smask.cumsum(-1) - 1).clamp(min=0)
-    mask = torch.cat([torch.ones((len(seqs), cut), dtype=torch.long), smask], dim=1)
+        target[r, width - len(seqs[r]):] = torch.tensor(examples[i][1][cut:], dtype=torch.bool)
     labels = ids.masked_fill(~target, -100)
     prefix = torch.tensor([examples[idx[0]][0][:cut]], dtype=torch.long)
     return tuple(t.to(device) for t in (prefix, ids, mask, pos, labels))
@@ -158,31 +149,6 @@ def lm_batch(examples, idx, pad_id, loss_on, device):
         target[r, width - len(seq):] = torch.tensor(m, dtype=torch.bool)
     labels = ids.masked_fill(~target, -100)
     return ids, mask, pos, labels
-
-
-def _lora_copy(model, family: Family, spec: FinetuneSpec, seed: int):
-    from peft import LoraConfig, get_peft_model
-
-    cfg = LoraConfig(
-        r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=0.0, bias="none",
-        target_modules=list(spec.lora_targets or family.lora_targets),
-        fan_in_fan_out=family.name == "gpt2",
-    )
-    with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5; nothing to act on
-        warnings.simplefilter("ignore", FutureWarning)
-        peft = get_peft_model(model, cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # PEFT's init (Kaiming-uniform A, zero B) from a local generator
-        for name, p in peft.named_parameters():
-            if "lora_A" in name:
-                bound = 1.0 / math.sqrt(p.shape[1])
-                p.copy_(torch.rand(p.shape, generator=g, dtype=torch.float32).mul_(2 * bound).sub_(bound))
-            elif "lora_B" in name:
-                p.zero_()
-    params = [p for n, p in peft.named_parameters() if "lora_" in n]
-    if not params:
-        raise ValueError("LoRA found no target modules to adapt")
-    return peft, params
 
 
 def finetune(
@@ -205,7 +171,8 @@ def finetune(
         for p in params:
             p.requires_grad_(True)
     else:
-        net, params = _lora_copy(work, family, spec, seed)
+        net, params = add_lora(work, family, spec.adapter)
+        init_lora(net, seed)
         for p in params:
             p.requires_grad_(True)
     opt, sched = make_optimizer(params, spec)

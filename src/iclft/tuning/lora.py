@@ -1,33 +1,76 @@
+"""LoRA: the one adapter spec (`LoraSpec`), PEFT wrapping and the one initialisation, shared by the in-context
+tuning of the convergence study (`LoraSession`, `StackedLora`) and by fine-tuning (`finetune`, method lora)."""
+
 from __future__ import annotations
 
 import math
+import warnings
+from typing import Literal
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from iclft.models.families import Family
 
 
+class LoraSpec(BaseModel):
+    """The adapter: rank, scale and the modules it adapts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(8, ge=1, description="LoRA rank")
+    alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r)")
+    targets: list[str] | None = Field(None, description="module-name suffixes; default: the family's LoRA targets")
+
+
 class LoraConfigSpec(BaseModel):
-    r: int = Field(8, description="LoRA rank")
-    alpha: int = Field(16, description="LoRA scaling numerator (scale = alpha / r)")
-    dropout: float = Field(0.0, description="LoRA dropout (0 keeps training deterministic)")
-    targets: list[str] | None = Field(None, description="module-name suffixes; default: the family's q/v")
-    lr: float = Field(1e-3, description="AdamW learning rate")
-    steps: int = Field(30, description="full-batch optimisation steps over the demonstrations")
-    loss_on: str = Field("answer", description="'answer' (label tokens only) or 'all' tokens")
+    """LoRA trained full-batch on a prompt's demonstrations (the convergence study's IT and SL)."""
 
+    model_config = ConfigDict(extra="forbid")
 
-def weights_transposed(family: Family) -> bool:
-    """Whether the family's LoRA targets store weights as (in, out): GPT-2's Conv1D does (PEFT's fan_in_fan_out)."""
-    return family.name == "gpt2"
+    adapter: LoraSpec = Field(default_factory=LoraSpec, description="the adapter")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate")
+    steps: int = Field(30, ge=1, description="full-batch optimisation steps over the demonstrations")
+    loss_on: Literal["answer", "all"] = Field("answer", description="loss on the label tokens or on all tokens")
 
 
 def target_modules(model, targets) -> list[tuple[str, torch.nn.Module]]:
     """The modules PEFT adapts for `target_modules=targets` (name equal to, or ending in ".<target>"), in
-    model order: the order of PEFT's LoRA parameters, hence of the init draws in `LoraSession.reset`."""
+    model order: the order of PEFT's LoRA parameters, hence of the init draws in `init_lora`."""
     return [(n, m) for n, m in model.named_modules()
             if any(n == t or n.endswith("." + t) for t in targets) and hasattr(m, "weight")]
+
+
+def kaiming_a(shape, g: torch.Generator) -> torch.Tensor:
+    """PEFT's init of a LoRA A matrix (kaiming_uniform_(a=sqrt(5)): U(-1/sqrt(in), 1/sqrt(in))) from `g`."""
+    bound = 1.0 / math.sqrt(shape[-1])
+    return torch.rand(shape, generator=g, dtype=torch.float32).mul_(2 * bound).sub_(bound)
+
+
+def init_lora(peft, seed: int) -> None:
+    """Re-initialise every adapter of a PEFT model from a local generator: A as PEFT draws it, B zero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_A" in name:
+                p.copy_(kaiming_a(p.shape, g))
+            elif "lora_B" in name:
+                p.zero_()
+
+
+def add_lora(model, family: Family, spec: LoraSpec):
+    """(PEFT model wrapping `model`, its LoRA parameters); PEFT's own init, to be replaced by `init_lora`."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=0.0, bias="none",
+                     target_modules=list(spec.targets or family.lora_targets), fan_in_fan_out=family.conv1d)
+    with warnings.catch_warnings():  # PEFT calls a transformers API deprecated in v5; nothing to act on
+        warnings.simplefilter("ignore", FutureWarning)
+        peft = get_peft_model(model, cfg)
+    params = [p for n, p in peft.named_parameters() if "lora_" in n]
+    if not params:
+        raise ValueError("LoRA found no target modules to adapt")
+    return peft, params
 
 
 class LoraSession:
@@ -44,21 +87,8 @@ class LoraSession:
         self.peft = None
 
     def __enter__(self):
-        from peft import LoraConfig, get_peft_model
-
-        cfg = LoraConfig(
-            r=self.spec.r,
-            lora_alpha=self.spec.alpha,
-            lora_dropout=self.spec.dropout,
-            target_modules=list(self.spec.targets or self.family.lora_targets),
-            bias="none",
-            fan_in_fan_out=weights_transposed(self.family),
-        )
-        self.peft = get_peft_model(self.model, cfg)
+        self.peft, self.params = add_lora(self.model, self.family, self.spec.adapter)
         self.peft.eval()
-        self.params = [p for n, p in self.peft.named_parameters() if "lora_" in n]
-        if not self.params:
-            raise ValueError("LoRA found no target modules to adapt")
         return self
 
     def __exit__(self, *exc):
@@ -67,15 +97,8 @@ class LoraSession:
         self.peft = None
 
     def reset(self, seed: int) -> None:
-        """PEFT's init (Kaiming-uniform A, zero B) drawn from a local generator, so trials are independent."""
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for name, p in self.peft.named_parameters():
-                if "lora_A" in name:
-                    bound = 1.0 / math.sqrt(p.shape[1])  # kaiming_uniform_(a=sqrt(5)) bound
-                    p.copy_(torch.rand(p.shape, generator=g, dtype=torch.float32).mul_(2 * bound).sub_(bound))
-                elif "lora_B" in name:
-                    p.zero_()
+        """The adapters' init from `seed` (`init_lora`), so trials are independent."""
+        init_lora(self.peft, seed)
 
     def train(self, examples: list[tuple[list[int], list[int]]], seed: int, pad_id: int) -> list[float]:
         """Full-batch AdamW on the demonstrations; returns the loss per step."""

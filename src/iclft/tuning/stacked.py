@@ -8,7 +8,7 @@ CPU) that is most of the gain; on one CPU thread the small model is already comp
 saved is the per-call overhead and padding (benchmarks/bench_adapters.py).
 
 Equivalence with B sequential trainings (tests/test_stacked_lora.py):
-  - init: per trial the same generator draws, in the same module order, as `LoraSession.reset(seed)`;
+  - init: per trial the same generator draws, in the same module order, as `init_lora(peft, seed)`;
   - loss: the SUM over trials of each trial's own mean cross-entropy (over that trial's label tokens).
     Rows never interact and trial i's loss depends only on adapter i, so adapter i's gradient is
     exactly its sequential gradient; AdamW is elementwise, so one AdamW over the stacked tensors takes
@@ -24,27 +24,26 @@ parameters' `requires_grad` flags.
 from __future__ import annotations
 
 import collections
-import math
 
 import torch
 
 from iclft.capture import Capture, capture
 from iclft.models.families import Family
 from iclft.tuning.finetune import lm_batch, takes_logits_to_keep
-from iclft.tuning.lora import LoraConfigSpec, target_modules, weights_transposed
+from iclft.tuning.lora import LoraConfigSpec, kaiming_a, target_modules
 
 
 class StackedLora:
     def __init__(self, model, family: Family, spec: LoraConfigSpec):
         self.model, self.family, self.spec = model, family, spec
-        self.scale = spec.alpha / spec.r
+        self.scale = spec.adapter.alpha / spec.adapter.r
         self.A: list[torch.Tensor] = []  # per target module: (B, r, in)
         self.B: list[torch.Tensor] = []  # per target module: (B, out, r)
         self._rows: torch.Tensor | None = None  # adapter of each row of the running batch; -1: none
         self._hooks: list = []
 
     def __enter__(self):
-        self.modules = target_modules(self.model, self.spec.targets or self.family.lora_targets)
+        self.modules = target_modules(self.model, self.spec.adapter.targets or self.family.lora_targets)
         if not self.modules:
             raise ValueError("LoRA found no target modules to adapt")
         self._grad_flags = [(p, p.requires_grad) for p in self.model.parameters()]
@@ -76,22 +75,20 @@ class StackedLora:
         return hook
 
     def _init(self, seeds: list[int], device) -> None:
-        """`LoraSession.reset(seed)` per trial: Kaiming-uniform A from a per-trial generator, module by module in
+        """`init_lora(seed)` per trial: Kaiming-uniform A from a per-trial generator, module by module in
         model order (the order PEFT's parameters come in), zero B. One extra all-zero slot at the end is the
         "no adapter" that index -1 selects."""
         gens = [torch.Generator().manual_seed(s) for s in seeds]
+        r = self.spec.adapter.r
         self.A, self.B = [], []
         for _, m in self.modules:
             w = m.weight
-            in_f, out_f = w.shape if weights_transposed(self.family) else w.shape[::-1]
+            in_f, out_f = w.shape if self.family.conv1d else w.shape[::-1]
             # PEFT keeps half-precision models' adapters in float32 (autocast_adapter_dtype)
             dtype = torch.float32 if w.dtype in (torch.float16, torch.bfloat16) else w.dtype
-            bound = 1.0 / math.sqrt(in_f)  # kaiming_uniform_(a=sqrt(5)) bound
-            a = torch.stack([torch.rand((self.spec.r, in_f), generator=g, dtype=torch.float32) for g in gens])
-            a = torch.cat([a.mul_(2 * bound).sub_(bound), torch.zeros(1, self.spec.r, in_f)])
+            a = torch.stack([kaiming_a((r, in_f), g) for g in gens] + [torch.zeros(r, in_f)])
             self.A.append(a.to(device=w.device, dtype=dtype).requires_grad_(True))
-            self.B.append(torch.zeros(len(seeds) + 1, out_f, self.spec.r, device=w.device, dtype=dtype,
-                                      requires_grad=True))
+            self.B.append(torch.zeros(len(seeds) + 1, out_f, r, device=w.device, dtype=dtype, requires_grad=True))
 
     def train(self, trials: list[list[tuple[list[int], list[int]]]], seeds: list[int], pad_id: int,
               tokens_per_pass: int = 1024) -> list[list[float]]:

@@ -47,6 +47,7 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
 
+from iclft.tasks import implicit
 from iclft.tasks.base import Example
 from iclft.tasks.sentiment import INSTRUCTION as SENTIMENT_INSTRUCTION
 from iclft.tasks.sentiment import TEMPLATE as SENTIMENT_TEMPLATE
@@ -140,16 +141,13 @@ def words_of(texts: Iterable[str]) -> Counter:
 
 def implicit_texts(n_per_rule: int = 60) -> list[str]:
     """Texts of every implicit family and rule (held-out rules too: the vocabulary must cover them)."""
-    imp = implicit_module()
-    if imp is None:
-        return []
     texts: list[str] = []
-    for fam in imp.FAMILIES:
-        task = imp.implicit_task(fam, seed=0, n_train=8, n_test=8)
+    for fam in implicit.FAMILIES:
+        task = implicit.implicit_task(fam, seed=0, n_train=8, n_test=8)
         texts += [task.instruction, task.template, " ".join(task.label_words or [])]
-        for rule in imp.RULES[fam]:
+        for rule in implicit.RULES[fam]:
             for variant in ("clean", "misleading"):
-                exs = imp.generate(fam, n_per_rule, seed=IMPLICIT_SEED_BASE - 1, variant=variant, rule=rule)
+                exs = implicit.generate(fam, n_per_rule, seed=IMPLICIT_SEED_BASE - 1, variant=variant, rule=rule)
                 texts += [ex.input + " " + ex.label for ex in exs]
     return texts
 
@@ -199,17 +197,6 @@ def save_tokenizer(tok: Tokenizer, path: Path, model_max_length: int = 2048) -> 
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
 
 
-# ----------------------------------------------------------------------------- implicit families
-
-def implicit_module():
-    """`iclft.tasks.implicit` if it is importable (it is written separately), else None."""
-    try:
-        from iclft.tasks import implicit
-    except ImportError:
-        return None
-    return implicit
-
-
 # ----------------------------------------------------------------------------- episodes
 
 @dataclass
@@ -239,12 +226,12 @@ class Corpus:
         ]
         vocab = tokenizer.get_vocab()
         self.key_words = sorted(w for w in vocab if w.isalpha() and len(w) > 1 and w not in SPECIAL_TOKENS)
-        self.imp = implicit_module()
+        self.imp = implicit
         self.polar = polar_words()
         self.stages = []  # (first step, kinds, weights, p_default, p_flipped)
         start = 0
         for st in stages:
-            m = {k: v for k, v in st["mix"].items() if v > 0 and (k != "implicit" or self.imp is not None)}
+            m = {k: v for k, v in st["mix"].items() if v > 0}
             self.stages.append((start, sorted(m), [m[k] for k in sorted(m)],
                                 st.get("p_default", P_DEFAULT), st.get("p_flipped", P_FLIPPED)))
             start += st["steps"]

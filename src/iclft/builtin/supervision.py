@@ -101,16 +101,24 @@ def copy_aux_loss(head_out: torch.Tensor, unembed: torch.Tensor, ids: torch.Tens
 
 
 class HeadSupervisor:
-    """Hooks on the supervised heads of a Llama model; `attend()` inside the forward's autocast, `loss()` after."""
+    """Hooks on the supervised heads of a Llama-family model (module paths from `iclft.models.families`);
+    `attend()` inside the forward's autocast, `loss()` after."""
 
     def __init__(self, model, bos_id: int):
+        from iclft.capture import sites as S
+        from iclft.models.families import blocks_of, family_for, get_module
+
         self.model, self.bos_id = model, bos_id
-        self.layers = model.model.layers
+        fam = family_for(model.config)
+        blocks = blocks_of(model, fam)
+        self.attn = {layer: get_module(blocks[layer], fam.attn) for layer in range(len(blocks))}
+        self.o_proj = {layer: get_module(blocks[layer], fam.o_proj) for layer in range(len(blocks))}
         self.acts: dict = {}
+        # the attention block's input with its kwargs (hidden states and RoPE), which no capture site holds
         for layer in {PREV_HEAD[0], INDUCTION_HEAD[0], LABEL_HEAD[0]}:
-            self.layers[layer].self_attn.register_forward_pre_hook(self._grab_input(layer), with_kwargs=True)
+            self.attn[layer].register_forward_pre_hook(self._grab_input(layer), with_kwargs=True)
         for name, (layer, _) in (("ind_out", INDUCTION_HEAD), ("label_out", LABEL_HEAD)):
-            self.layers[layer].self_attn.o_proj.register_forward_pre_hook(self._grab_output(name))
+            S.hook(model, fam, layer, S.SITES["attn.z"], self._grab_output(name), blocks)
         self.probs: dict = {}
         self.last: dict = {}  # the latest value of each part, for the progress bar
 
@@ -120,17 +128,17 @@ class HeadSupervisor:
         return pre
 
     def _grab_output(self, name):
-        def pre(_mod, args):
-            self.acts[name] = args[0]
-        return pre
+        def keep(t):
+            self.acts[name] = t
+        return keep
 
     def _attn(self, spec):
         layer, head = spec
-        return head_attention(self.layers[layer].self_attn, *self.acts[layer], head)
+        return head_attention(self.attn[layer], *self.acts[layer], head)
 
     def _head_out(self, name, spec):
-        o_proj = self.layers[spec[0]].self_attn.o_proj
-        d = self.layers[spec[0]].self_attn.head_dim
+        o_proj = self.o_proj[spec[0]]
+        d = self.attn[spec[0]].head_dim
         sl = slice(spec[1] * d, (spec[1] + 1) * d)
         return self.acts[name][..., sl].float() @ o_proj.weight[:, sl].T
 

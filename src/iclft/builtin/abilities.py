@@ -1,6 +1,6 @@
 """The built-in model's ability table: `iclft models eval builtin`.
 
-Every number is measured on data held out of pretraining (see `iclft.models.corpus`):
+Every number is measured on data held out of pretraining (see `iclft.builtin.corpus`):
 
 * sentiment rows use the tweet **test** split as queries and train-split tweets as demonstrations
   (each query gets its own demonstrations, class-balanced in expectation, in random order);
@@ -9,132 +9,92 @@ Every number is measured on data held out of pretraining (see `iclft.models.corp
   query), ``flipped`` swaps negative/positive in the demonstrations -- its accuracy is measured
   against the *true* sentiment, so below 50% means the model follows the demonstrations;
 * implicit rows use each family's held-out rule (`HELDOUT_RULES`, the implicit study's default) on
-  the study's own clean test items (`implicit_task(family, seed)`); closed answer sets are scored
-  by the first token of each label word, open numeric answers by exact match of greedy decoding
-  (checked in one teacher-forced pass: every answer token and the following newline is the argmax);
-* the LoRA row fine-tunes a copy of the model (peft LoRA r=8, alpha=16 on q_proj/v_proj) on 64
-  zero-shot examples of one new pairing and reports the zero-shot lift on that pairing.
+  the study's own clean test items (`implicit_task(family, seed)`), scored as the study scores them
+  (`iclft.capture.decode.Scorer`: first-token argmax over the label words for closed answer sets,
+  greedy decoding to the separator and exact match of the normalised answer for numbers);
+* the LoRA row fine-tunes a copy of the model (`iclft.tuning.finetune`, LoRA r=8, alpha=16 on the
+  family's LoRA targets) on 64 zero-shot examples of one new pairing and reports the zero-shot lift on
+  that pairing.
 
-Prompts are the studies' format (instruction line included, separator "\\n\\n", answer prefix " ").
-Accuracies pool the queries of all seeds (`n_queries` in total, 300 by default); the 95% interval
-is a Wilson score interval over those queries. Gain rows (k-shot minus zero-shot, LoRA after minus
-before) are paired per query; their interval is the normal interval of the mean per-query
-difference. `passed` compares the point estimate with the bar.
+Prompts are the studies' (`iclft.prompts.PromptBuilder`: instruction line, separator "\\n\\n", answer
+prefix " "). Accuracies pool the queries of all seeds (`n_queries` in total, 300 by default); the 95%
+interval is a Wilson score interval over those queries (`iclft.metrics.stats.interval`). Gain rows (k-shot
+minus zero-shot, LoRA after minus before) are paired per query; their interval is the t interval of the
+mean per-query difference. `passed` compares the point estimate with the bar.
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import math
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
-SEP = "\n\n"
+from iclft.builtin.corpus import HELDOUT_PAIRS
+from iclft.capture.decode import Scorer
+from iclft.metrics.stats import interval, t_interval
+from iclft.models.load import BUILTIN_DIR, Loaded, load
+from iclft.prompts import PromptBuilder
+from iclft.tasks.base import Example
+from iclft.tasks.implicit import DEFAULT_RULE, FAMILIES, implicit_task, normalise_answer
+from iclft.tasks.sentiment import sentiment_task
+from iclft.tuning.finetune import FinetuneSpec, finetune
+
 DEFAULTS = ("negative", "positive")
-# On a shared machine, OpenMP threads that spin-wait for a busy core are ~3x slower than passive ones.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+BATCH_SIZE = 16
+# The LoRA row's training: 80 steps of 16 examples (20 passes over the 64), constant learning rate, no clipping.
+LORA = FinetuneSpec(method="lora", lr=3e-3, steps=80, batch_size=16, warmup_steps=0, grad_clip=None)
 
 
 @dataclass
 class Query:
-    prompt: str
-    label_words: list[str] | None  # closed set, scored by first tokens; None: open answer
+    prompt: list[int]
     gold: str
+    scorer: Scorer  # of the prompt's task (its label words)
 
 
-def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return float("nan"), float("nan")
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return mid - half, mid + half
-
-
-def _diff_ci(diffs: list[float]) -> tuple[float, float, float]:
-    n = len(diffs)
-    m = sum(diffs) / n
-    sd = math.sqrt(sum((d - m) ** 2 for d in diffs) / max(1, n - 1))
-    half = 1.96 * sd / math.sqrt(n)
-    return m, m - half, m + half
-
-
-def build_prompt(instruction: str | None, template: str, demos: list[tuple[str, str]], query: str) -> str:
-    parts = [template.format(input=x) + " " + y for x, y in demos] + [template.format(input=query)]
-    return (instruction + SEP if instruction else "") + SEP.join(parts)
-
-
-def load(model_path: str | Path):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(model_path))
-    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=torch.float32)
-    model.eval()
-    return model, tok
-
-
-def score(model, tok, queries: list[Query], batch_size: int = 16) -> list[bool]:
-    """Correctness of each query (closed sets: first-token argmax; open: greedy exact match).
-
-    Batches are left-padded with explicit position ids, so only the last few positions need logits.
-    """
-    import torch
-
-    stop = {tok.convert_tokens_to_ids("\n"), tok.eos_token_id}
-    first_ids: dict[str, int] = {}
-    enc = []
-    for q in queries:
-        p = tok(q.prompt).input_ids
-        a = tok(" " + q.gold, add_special_tokens=False).input_ids if q.label_words is None else []
-        enc.append((p, a))
-        for w in q.label_words or []:
-            if w not in first_ids:
-                first_ids[w] = tok(w, add_special_tokens=False).input_ids[0]
-    order = sorted(range(len(queries)), key=lambda i: len(enc[i][0]) + len(enc[i][1]))
+def score(model, queries: list[Query]) -> list[bool]:
+    """Correctness of each query, in order; the queries of each scorer are scored together."""
+    groups: dict[int, list[int]] = {}
+    for i, q in enumerate(queries):
+        groups.setdefault(id(q.scorer), []).append(i)
     out = [False] * len(queries)
-    with torch.no_grad():
-        for b in range(0, len(order), batch_size):
-            idx = order[b:b + batch_size]
-            seqs = [enc[i][0] + enc[i][1] for i in idx]
-            L = max(len(s) for s in seqs)
-            keep = max(len(enc[i][1]) for i in idx) + 1
-            ids = torch.full((len(idx), L), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), L), dtype=torch.long)
-            for r, s in enumerate(seqs):
-                ids[r, L - len(s):] = torch.tensor(s)
-                mask[r, L - len(s):] = 1
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep).logits
-            logits = logits.float()
-            for r, i in enumerate(idx):
-                q, (p, a) = queries[i], enc[i]
-                if not a:
-                    firsts = [first_ids[w] for w in q.label_words]
-                    pred = q.label_words[int(torch.argmax(logits[r, -1, firsts]))]
-                    out[i] = pred.lower() == q.gold.lower()
-                else:
-                    am = logits[r, keep - len(a) - 1:].argmax(-1).tolist()
-                    out[i] = am[: len(a)] == a and am[len(a)] in stop
+    for idx in groups.values():
+        scorer = queries[idx[0]].scorer
+        for i, ok in zip(idx, scorer(model, [queries[i].prompt for i in idx], [queries[i].gold for i in idx]),
+                         strict=True):
+            out[i] = ok
     return out
+
+
+def _scorer(loaded: Loaded, task) -> Scorer:
+    builder = PromptBuilder(loaded.tokenizer, task, max_len=loaded.max_len)
+    return Scorer(builder, loaded.tokenizer.pad_token_id, BATCH_SIZE, max_new_tokens=6, normalise=normalise_answer)
+
+
+class _SentimentScorers:
+    """One scorer per ordered pair of label words (negative word, positive word)."""
+
+    def __init__(self, loaded: Loaded):
+        self.loaded, self.task, self.cache = loaded, sentiment_task(), {}
+
+    def __call__(self, words: dict[str, str]) -> Scorer:
+        pair = (words["negative"], words["positive"])
+        if pair not in self.cache:
+            self.cache[pair] = _scorer(self.loaded, dataclasses.replace(self.task, label_words=list(pair)))
+        return self.cache[pair]
 
 
 # ----------------------------------------------------------------------------- query sets
 
-def _sentiment_queries(setting: str, k: int, n: int, seed: int, instruction: bool = True) -> list[Query]:
-    from iclft.models.corpus import HELDOUT_PAIRS
-    from iclft.tasks.sentiment import INSTRUCTION, TEMPLATE, load_tweets
-
-    train, test = load_tweets()
-    by = {lab: [e for e in train if e.label == lab] for lab in ("negative", "positive")}
+def _sentiment_queries(scorers: _SentimentScorers, setting: str, k: int, n: int, seed: int) -> list[Query]:
+    task = scorers.task
+    by = {lab: [e for e in task.train if e.label == lab] for lab in DEFAULTS}
     rng = random.Random(f"iclft-abilities/sentiment/{setting}/{k}/{seed}")
     qrng = random.Random(f"iclft-abilities/queries/{seed}")  # same queries for every setting and k
-    queries = qrng.sample(list(test), n)
     out = []
-    for j, ex in enumerate(queries):
+    for j, ex in enumerate(qrng.sample(task.test, n)):
         if setting == "default":
             words = {"negative": "negative", "positive": "positive"}
         elif setting == "flipped":
@@ -144,124 +104,86 @@ def _sentiment_queries(setting: str, k: int, n: int, seed: int, instruction: boo
             if random.Random(f"iclft-abilities/assign/{seed}/{j}").random() < 0.5:
                 a, b = b, a
             words = {"negative": a, "positive": b}
-        demos = []
+        demos, labels = [], []
         for _ in range(k):
-            lab = rng.choice(("negative", "positive"))
-            demos.append((rng.choice(by[lab]).input, words[lab]))
+            lab = rng.choice(DEFAULTS)
+            demos.append(rng.choice(by[lab]))
+            labels.append(words[lab])
         # flipped is scored against the true sentiment (default words), the rest against the demos' words
+        scorer = scorers(words if setting == "new pairing" else dict(zip(DEFAULTS, DEFAULTS, strict=True)))
         gold = ex.label if setting == "flipped" else words[ex.label]
-        label_words = [words["negative"], words["positive"]] if setting == "new pairing" else list(DEFAULTS)
-        prompt = build_prompt(INSTRUCTION if instruction else None, TEMPLATE, demos, ex.input)
-        out.append(Query(prompt, label_words, gold))
+        out.append(Query(scorer.builder.build(ex, demos, labels=labels).ids, gold, scorer))
     return out
 
 
-def _implicit_queries(family: str, k: int, n: int, seed: int) -> list[Query]:
-    from iclft.tasks.implicit import DEFAULT_RULE, implicit_task
-
+def _implicit_queries(loaded: Loaded, family: str, k: int, n: int, seed: int) -> list[Query]:
     task = implicit_task(family, seed=seed, n_train=max(64, 4 * k), n_test=n, rule=DEFAULT_RULE[family])
+    scorer = _scorer(loaded, task)
     rng = random.Random(f"iclft-abilities/implicit/{family}/{k}/{seed}")
-    out = []
-    for ex in task.test:
-        demos = [(d.input, d.label) for d in rng.sample(task.train, k)]
-        prompt = build_prompt(task.instruction, task.template, demos, ex.input)
-        out.append(Query(prompt, task.label_words, ex.label))
-    return out
+    return [Query(scorer.builder.build(ex, rng.sample(task.train, k)).ids, ex.label, scorer) for ex in task.test]
 
 
 # ----------------------------------------------------------------------------- LoRA
 
-def lora_lift(model, tok, n_queries: int, seed: int, n_train: int = 64, steps: int = 80, lr: float = 3e-3):
+def lora_lift(loaded: Loaded, scorers: _SentimentScorers, n_queries: int, seed: int, n_train: int = 64):
     """(before, after) per-query correctness for zero-shot on one held-out pairing after LoRA on 64."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from iclft.models.corpus import HELDOUT_PAIRS
-    from iclft.tasks.sentiment import INSTRUCTION, TEMPLATE, load_tweets
-
-    train, test = load_tweets()
+    task = scorers.task
     a, b = HELDOUT_PAIRS[seed % len(HELDOUT_PAIRS)]
     words = {"negative": a, "positive": b}
+    scorer = scorers(words)
     rng = random.Random(f"iclft-abilities/lora/{seed}")
-    exs = [e for lab in ("negative", "positive")
-           for e in rng.sample([t for t in train if t.label == lab], n_train // 2)]
+    exs: list[Example] = [e for lab in DEFAULTS for e in rng.sample([t for t in task.train if t.label == lab],
+                                                                     n_train // 2)]
     rng.shuffle(exs)
-    queries = [Query(build_prompt(INSTRUCTION, TEMPLATE, [], e.input), [a, b], words[e.label])
-               for e in random.Random(f"iclft-abilities/queries/{seed}").sample(list(test), n_queries)]
-    before = score(model, tok, queries)
-
-    torch.manual_seed(seed)
-    tuned = get_peft_model(copy.deepcopy(model), LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
-                                                             target_modules=["q_proj", "v_proj"]))
-    opt = torch.optim.AdamW([p for p in tuned.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
-    enc = [(tok(build_prompt(INSTRUCTION, TEMPLATE, [], e.input)).input_ids,
-            tok(words[e.label], add_special_tokens=False).input_ids[0]) for e in exs]
-    tuned.train()
-    bs = 16
-    for step in range(steps):
-        batch = [enc[(step * bs + i) % len(enc)] for i in range(bs)]
-        L = max(len(p) for p, _ in batch)
-        ids = torch.full((bs, L), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((bs, L), dtype=torch.long)
-        for r, (p, _) in enumerate(batch):
-            ids[r, : len(p)] = torch.tensor(p)
-            mask[r, : len(p)] = 1
-        logits = tuned(input_ids=ids, attention_mask=mask).logits
-        last = torch.tensor([len(p) - 1 for p, _ in batch])
-        tgt = torch.tensor([y for _, y in batch])
-        loss = torch.nn.functional.cross_entropy(logits[torch.arange(bs), last].float(), tgt)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    tuned.eval()
-    after = score(tuned, tok, queries)
-    return before, after
+    queries = [Query(scorer.builder.build(e, []).ids, words[e.label], scorer)
+               for e in random.Random(f"iclft-abilities/queries/{seed}").sample(task.test, n_queries)]
+    before = score(loaded.model, queries)
+    examples = [scorer.builder.training_ids(e, label=words[e.label]) for e in exs]
+    tuned = finetune(loaded.model, loaded.family, examples, LORA, seed=seed,
+                     pad_id=loaded.tokenizer.pad_token_id).model
+    return before, score(tuned, queries)
 
 
 # ----------------------------------------------------------------------------- table
 
 def _row(ability, setting, k, correct: list[bool], bar: str | None = None, ok=None) -> dict:
     n = len(correct)
-    acc = sum(correct) / n
-    lo, hi = wilson(sum(correct), n)
-    passed = None if ok is None else bool(ok(acc))
-    return {"ability": ability, "setting": setting, "k": k, "accuracy_mean": acc, "ci_low": lo, "ci_high": hi,
-            "n": n, "bar": bar, "passed": passed}
+    ci = interval([sum(correct) / n], "acc", trials=n)  # one group of n pooled queries: Wilson's interval
+    passed = None if ok is None else bool(ok(ci["mean"]))
+    return {"ability": ability, "setting": setting, "k": k, "accuracy_mean": ci["mean"], "ci_low": ci["ci_low"],
+            "ci_high": ci["ci_high"], "n": n, "bar": bar, "passed": passed}
 
 
 def _gain_row(ability, setting, k, a: list[bool], b: list[bool], bar: str | None, threshold: float | None):
-    m, lo, hi = _diff_ci([float(x) - float(y) for x, y in zip(a, b, strict=True)])
-    return {"ability": ability, "setting": setting, "k": k, "accuracy_mean": m, "ci_low": lo, "ci_high": hi,
-            "n": len(a), "bar": bar, "passed": None if threshold is None else bool(m >= threshold)}
+    d = t_interval([float(x) - float(y) for x, y in zip(a, b, strict=True)])
+    return {"ability": ability, "setting": setting, "k": k, "accuracy_mean": d["mean"], "ci_low": d["ci_low"],
+            "ci_high": d["ci_high"], "n": len(a), "bar": bar,
+            "passed": None if threshold is None else bool(d["mean"] >= threshold)}
 
 
-def ability_table(model_path: str | Path, n_queries: int = 300, seeds: int = 3, quick: bool = False,
+def ability_table(model: str | Path = "builtin", n_queries: int = 300, seeds: int = 3, quick: bool = False,
                   families: tuple[str, ...] | None = None, lora: bool = True) -> list[dict]:
-    """Measure the ability table (see module docstring).
+    """Measure the ability table (see module docstring) of a model name or path (`iclft.models.load.load`).
 
     `n_queries` queries per row in total, split evenly over `seeds` seeds (each seed draws its own
     queries, demonstrations, LoRA pairing and training examples). `quick`: 40 queries, 1 seed.
     """
-    import torch
-
-    from iclft.tasks.implicit import FAMILIES
-
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     if quick:
         n_queries, seeds = min(n_queries, 40), 1
-    model, tok = load(model_path)
+    loaded = load(str(model))
+    scorers = _SentimentScorers(loaded)
     rows: list[dict] = []
     per_seed = math.ceil(n_queries / seeds)
 
     def pooled(fn, *args):
         res: list[bool] = []
         for s in range(seeds):
-            res += score(model, tok, fn(*args, per_seed, s))
+            res += score(loaded.model, fn(*args, per_seed, s))
         return res
 
     ks = (0, 8, 16)
     settings = ("default", "new pairing", "flipped")
-    sent = {(st, k): pooled(_sentiment_queries, st, k) for st in settings for k in ks}
+    sent = {(st, k): pooled(_sentiment_queries, scorers, st, k) for st in settings for k in ks}
     rows.append(_row("sentiment", "default", 0, sent["default", 0], ">= 0.75", lambda a: a >= 0.75))
     rows.append(_row("sentiment", "default", 8, sent["default", 8], ">= zero-shot",
                      lambda a: a >= rows[0]["accuracy_mean"]))
@@ -279,8 +201,8 @@ def ability_table(model_path: str | Path, n_queries: int = 300, seeds: int = 3, 
     gains = 0
     fam_rows = []
     for fam in fams:
-        zs = pooled(_implicit_queries, fam, 0)
-        ic = pooled(_implicit_queries, fam, 8)
+        zs = pooled(_implicit_queries, loaded, fam, 0)
+        ic = pooled(_implicit_queries, loaded, fam, 8)
         fam_rows.append(_row("implicit", f"{fam} (held-out rule)", 0, zs))
         fam_rows.append(_row("implicit", f"{fam} (held-out rule)", 8, ic))
         g = _gain_row("implicit", f"{fam}: 8-shot minus zero-shot", 8, ic, zs, ">= +0.20 (on >= 3 families)",
@@ -297,7 +219,7 @@ def ability_table(model_path: str | Path, n_queries: int = 300, seeds: int = 3, 
         before: list[bool] = []
         after: list[bool] = []
         for s in range(seeds):
-            b, a = lora_lift(model, tok, per_seed, s)
+            b, a = lora_lift(loaded, scorers, per_seed, s)
             before += b
             after += a
         rows.append(_row("LoRA (64 examples)", "new pairing, before", 0, before))
@@ -342,7 +264,7 @@ CARD_NOTES = """\
   continue a repeated random word sequence. Neither more copy-heavy data (stage 2; a separate 900-step
   stage of 75% repeated sequences), nor a copying-first curriculum, nor `lexicon` episodes alone
   (1170 steps) got it past the induction plateau on CPU. Stages 3-6 supervise three heads directly
-  (`iclft.models.supervision`): a previous-token head (layer 0), an induction head (layer 1, with a
+  (`iclft.builtin.supervision`): a previous-token head (layer 0), an induction head (layer 1, with a
   copy loss on its output) and a "label" head (layer 3) that, before every answer, must attend to the
   earlier demonstrations with the same answer and write it. The attention targets are learned within
   ~100 steps; copying and in-context label mapping followed within ~600 steps of the label head's
@@ -359,7 +281,7 @@ def write_card(model_dir: str | Path, rows: list[dict], eval_seconds: float | No
     """Write `card.md` (recipe, data, size, measured abilities) and `abilities.json` into `model_dir`."""
     import json
 
-    from iclft.models import corpus
+    from iclft.builtin import corpus
 
     model_dir = Path(model_dir)
     meta = json.loads((model_dir / "pretrain_meta.json").read_text())
@@ -378,7 +300,7 @@ def write_card(model_dir: str | Path, rows: list[dict], eval_seconds: float | No
             f"  {i}. steps {start}-{start + st['steps'] - 1} ({lr}): episode weights {st['mix']}; sentiment/lexicon "
             f"label words default {st.get('p_default', corpus.P_DEFAULT):.0%}, flipped "
             f"{st.get('p_flipped', corpus.P_FLIPPED):.0%}, otherwise an arbitrary pair"
-            + ("; head supervision (`iclft.models.supervision`) " + ", ".join(
+            + ("; head supervision (`iclft.builtin.supervision`) " + ", ".join(
                 f"{k} x{st[k]:g}" for k in ("aux", "copy", "label") if st.get(k)) if any(
                 st.get(k) for k in ("aux", "copy", "label")) else ""))
         start += st["steps"]
@@ -408,12 +330,12 @@ def write_card(model_dir: str | Path, rows: list[dict], eval_seconds: float | No
         "",
         "```",
         f"iclft pretrain --out DIR --seed {pc['seed']}",
-        f"# or: python -m iclft.models.pretrain --out DIR --seed {pc['seed']}",
+        f"# or: python -m iclft.builtin.pretrain --out DIR --seed {pc['seed']}",
         "```",
         "",
         f"- {meta['step']} AdamW steps (betas 0.9/0.95, weight decay {pc['weight_decay']} on matrices, "
         f"grad clip {pc['grad_clip']}) of {pc['batch_size']} x {pc['seq_len']} tokens = "
-        f"{meta['tokens']:,} tokens, in {len(pc['stages'])} stages (`iclft.models.pretrain.STAGES`); each LR "
+        f"{meta['tokens']:,} tokens, in {len(pc['stages'])} stages (`iclft.builtin.pretrain.STAGES`); each LR "
         f"cycle is a linear warm-up then a cosine decay to {pc['min_lr_ratio']} x peak; "
         f"bf16 autocast for matmuls (weights and optimizer in float32); {pc['threads']} threads.",
         *stage_lines,
@@ -459,10 +381,10 @@ def write_card(model_dir: str | Path, rows: list[dict], eval_seconds: float | No
         "",
         "## Abilities",
         "",
-        "Measured by `iclft models eval builtin` (`iclft.models.abilities.ability_table`, defaults: 300 "
+        "Measured by `iclft models eval builtin` (`iclft.builtin.abilities.ability_table`, defaults: 300 "
         "held-out queries per row over 3 seeds). Accuracy intervals: 95% Wilson score intervals over "
         "queries; "
-        "gain rows: 95% normal interval of the paired per-query difference. Flipped rows are scored against "
+        "gain rows: 95% t interval of the paired per-query difference. Flipped rows are scored against "
         "the true sentiment (below 0.5 = the model follows its demonstrations). Implicit rows use each "
         "family's held-out rule. `pass` compares the point estimate with the bar."
         + (f" Evaluation took {eval_seconds / 60:.1f} minutes." if eval_seconds else ""),
@@ -493,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-lora", action="store_true")
     p.add_argument("--card", action="store_true", help="also write card.md and abilities.json there")
     a = p.parse_args(argv)
-    path = a.model or Path(__file__).parent / "builtin"
+    path = a.model or BUILTIN_DIR
     import time
 
     t0 = time.time()

@@ -1,4 +1,4 @@
-"""Pretrain the built-in model: `python -m iclft.models.pretrain --out DIR [--seed S] [--minutes M]`.
+"""Pretrain the built-in model: `python -m iclft.builtin.pretrain --out DIR [--seed S] [--minutes M]`.
 
 The result is a plain Hugging Face directory, `DIR/final` (LlamaForCausalLM, safetensors, a
 word-level fast tokenizer), loadable with `AutoModelForCausalLM` / `AutoTokenizer` and no iclft code.
@@ -9,7 +9,7 @@ episode mix; a stage that sets `lr` starts a new learning-rate cycle (linear war
 function of `(seed, i)` (see `corpus.Corpus.batch`). `--minutes M` is a wall-clock cap on each
 invocation: when one exceeds it, it saves a checkpoint and the current weights to `DIR/final`
 (marked `"complete": false` in `pretrain_meta.json`) and stops; rerunning the same command continues.
-Checkpoints (`DIR/checkpoint.pt`: weights, optimizer, step, RNG state, the resolved config) are
+Checkpoints (`DIR/checkpoint.pt`: weights, optimizer, step, the resolved config) are
 written atomically every `ckpt_every_s` seconds, so a killed run also resumes by rerunning the same
 command; the final weights do not depend on where it was interrupted.
 """
@@ -25,22 +25,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# On a shared machine, OpenMP threads that spin-wait for a busy core are ~3x slower than passive ones.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-# The shipped model's curriculum. Stages 1-2 (one LR cycle): general features -- sentiment with changing label
-# words, mappings, implicit patterns, tweets -- then more induction food (the switch at step 1459 was made
-# mid-run when diagnostics showed no copying yet). The model then copied the label *set* from context but
-# neither plain repeated sequences nor which label goes with which sentiment: induction heads had not formed
-# (nor did they in 900 more steps of 75% repeated sequences). Stage 3 (a new LR cycle) supervises one
-# previous-token and one induction head (`aux`, see `attention_aux_loss`) on an ICL-heavy mix: mostly
-# arbitrary-label sentiment plus `lexicon` episodes over polar words, fewer default labels and more flipped
-# ones, so that the demonstrations rather than the label word decide. The heads then attended as told, but
-# 665 steps in the induction head's output still did not copy (the LM loss had not shaped its OV), so stage
-# 4 (same LR cycle, the split made mid-run) also trains its OV to copy (`copy`, see `copy_aux_loss`). Copying
-# then began (10% of repeated words) but sentiment labels were still not matched to the query, so stage 5
-# (same cycle, split mid-run) and stage 6 (a new cycle) also supervise a layer-3 head, before every answer,
-# to attend to the earlier demonstrations with the same answer and copy it (`label`, see `label_targets`).
+# The shipped model's curriculum (the card's notes say what each stage was for and what did not work).
+# Stages 1-2 (one LR cycle): general features, then more induction food. Stages 3-6 supervise heads
+# (`iclft.builtin.supervision`) on an ICL-heavy mix with fewer default labels, so that the demonstrations
+# rather than the label word decide: a previous-token and an induction head (`aux`), the induction head's
+# OV copying (`copy`, from stage 4), and a layer-3 head attending to the demonstrations with the query's
+# answer (`label`, from stage 5). Stage boundaries 2, 4 and 5 fall where the shipped run was split.
 _MIX_1 = {"sentiment": 0.5, "mapping": 0.25, "implicit": 0.1, "text": 0.05, "repeat": 0.1}
 _MIX_2 = {"sentiment": 0.3, "mapping": 0.3, "implicit": 0.05, "text": 0.0, "repeat": 0.35}
 _MIX_3 = {"sentiment": 0.4, "lexicon": 0.25, "mapping": 0.15, "implicit": 0.05, "repeat": 0.15}
@@ -114,7 +104,6 @@ def build_model(cfg: PretrainConfig, tokenizer):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(cfg.seed)
     mc = LlamaConfig(
         vocab_size=tokenizer.get_vocab_size(),
         hidden_size=cfg.hidden_size,
@@ -131,7 +120,9 @@ def build_model(cfg: PretrainConfig, tokenizer):
         initializer_range=0.02,
         attention_dropout=0.0,
     )
-    return LlamaForCausalLM(mc)
+    with torch.random.fork_rng(devices=[]):  # HF draws the init from torch's global RNG: seed it, then restore it
+        torch.manual_seed(cfg.seed)
+        return LlamaForCausalLM(mc)
 
 
 def _save_atomic(obj, path: Path) -> None:
@@ -179,8 +170,8 @@ def pretrain(out: Path, seed: int = 0, minutes: float = 90.0, progress: bool = T
     import torch
     from tqdm import tqdm
 
-    from iclft.models.corpus import Corpus, build_tokenizer, save_tokenizer
-    from iclft.models.supervision import HeadSupervisor
+    from iclft.builtin.corpus import Corpus, build_tokenizer, save_tokenizer
+    from iclft.builtin.supervision import HeadSupervisor
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -212,7 +203,6 @@ def pretrain(out: Path, seed: int = 0, minutes: float = 90.0, progress: bool = T
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
         step, tokens, elapsed_prev = state["step"], state["tokens"], state.get("elapsed_s", 0.0)
     n_params = sum(p.numel() for p in model.parameters())
 
@@ -225,7 +215,7 @@ def pretrain(out: Path, seed: int = 0, minutes: float = 90.0, progress: bool = T
 
     def checkpoint() -> None:
         _save_atomic({
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state(),
+            "model": model.state_dict(), "optimizer": opt.state_dict(),
             "step": step, "tokens": tokens, "config": dataclasses.asdict(cfg),
             "elapsed_s": elapsed_prev + time.time() - t0,
         }, ckpt_path)
@@ -281,40 +271,6 @@ def pretrain(out: Path, seed: int = 0, minutes: float = 90.0, progress: bool = T
     if not stopped or over_time:
         export(model, final, tok_dir, meta(done=step >= total))
     return final
-
-
-BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
-SHIPPED_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
-                 "tokenizer_config.json", "special_tokens_map.json", "pretrain_meta.json")
-
-
-def export_checkpoint(out: Path, dest: Path | None = None) -> Path:
-    """Write the weights of `out/checkpoint.pt` as an HF directory (default `out/latest`)."""
-    import torch
-
-    from iclft.models.corpus import build_tokenizer
-
-    out = Path(out)
-    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
-    cfg = PretrainConfig(**state["config"])
-    model = build_model(cfg, build_tokenizer(max_vocab=cfg.max_vocab))
-    model.load_state_dict(state["model"])
-    meta = {"config": state["config"], "step": state["step"], "tokens": state["tokens"],
-            "params": sum(p.numel() for p in model.parameters()),
-            "train_seconds": round(state.get("elapsed_s", 0.0), 1), "complete": state["step"] >= cfg.steps}
-    return export(model, Path(dest or out / "latest"), out / "tokenizer", meta)
-
-
-def ship(final: Path, dest: Path = BUILTIN_DIR) -> Path:
-    """Copy a pretrained HF directory into the package (`iclft/models/builtin`), keeping card.md."""
-    import shutil
-
-    final, dest = Path(final), Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in SHIPPED_FILES:
-        if (final / name).exists():
-            shutil.copy2(final / name, dest / name)
-    return dest
 
 
 def main(argv: list[str] | None = None) -> None:
