@@ -9,7 +9,6 @@ import pytest
 from pydantic import ValidationError
 
 from iclft import UserError
-from iclft.registry import run as run_registered
 from iclft.studies.dual_view import (
     LAYER_METRICS,
     QUICK,
@@ -20,6 +19,7 @@ from iclft.studies.dual_view import (
     draw_validation,
     fit_demos,
 )
+from iclft.sweep import run as run_registered
 from iclft.tasks.base import Example, Task
 
 KEYS = LAYER_METRICS + SCALAR_METRICS

@@ -15,8 +15,8 @@ from pydantic import ValidationError
 from iclft import UserError
 from iclft.capture.decode import greedy_decode, last_logits
 from iclft.models.toy import tiny_model
-from iclft.registry import run as run_registered
 from iclft.studies.implicit_patterns import QUICK, ImplicitSpec, run_unit
+from iclft.sweep import run as run_registered
 
 VOCAB = 40
 run = partial(run_registered, "implicit")

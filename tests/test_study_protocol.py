@@ -12,8 +12,8 @@ import iclft
 from iclft import UserError
 from iclft.report.index import write_index
 from iclft.studies.common import RunSpec
-from iclft.studies.protocol import Study, run_study
-from iclft.sweep import Unit
+from iclft.studies.protocol import Study, Unit
+from iclft.sweep import run_study
 
 SRC = Path(iclft.__file__).parent
 

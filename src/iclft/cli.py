@@ -22,6 +22,14 @@ models_app = typer.Typer(no_args_is_help=True, help="List, inspect and evaluate 
 app.add_typer(models_app, name="models")
 
 STUDY_HELP = "a study (an unknown name lists them), or all"
+EXECUTOR_HELP = "local (this process) | ray (Ray actors; pip install 'iclft[ray]')"
+RAY_ADDRESS_HELP = "Ray cluster to join: auto | HOST:PORT (default: start a local Ray instance)"
+WORKERS_HELP = ("parallel workers, each loading the model once: Ray actors (default: as many as the cluster's "
+                "CPUs / GPUs fit) or local processes (default: 2 for a CPU run on >= 2 cores, sharing the cores; "
+                "records do not depend on it)")
+RETRIES_HELP = "times a unit is re-sent after its Ray worker died"
+
+
 SET_HELP = "FIELD=VALUE over the spec (YAML value; nested fields with dots: lora.steps=5); repeatable"
 
 
@@ -57,22 +65,75 @@ def run(
     seeds: int | None = typer.Option(None, "--seeds", help="number of seeds"),
     pad_token: str | None = typer.Option(None, "--pad-token", help="pad token if the tokenizer lacks one"),
     sets: list[str] | None = typer.Option(None, "--set", help=SET_HELP),
+    executor: str = typer.Option("local", "--executor", help=EXECUTOR_HELP),
+    ray_address: str | None = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
+    gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", min=0, help="GPUs each Ray worker holds"),
+    retries: int = typer.Option(2, "--retries", min=0, help=RETRIES_HELP),
 ):
     """Run a study into OUT: records.parquet, summary.json, figures/, report.html, manifest.json."""
     _setup_logging()
-    # every study's spec is checked before the first unit of any study runs
+    # every study's spec is checked, and every study set up, before the first unit of any study runs
     specs = _specs(study, spec, quick, preset, sets, dict(model=model, seeds=seeds, pad_token=pad_token))
-    from iclft.registry import run as run_one
+    if executor == "local" and workers is None:
+        on_cpu = all(s.device == "cpu" for s in specs.values())
+        workers = 2 if on_cpu and (os.cpu_count() or 1) >= 2 else 1
+    runner = _executor(executor, ray_address, workers, gpus_per_worker, retries)
+    from iclft.registry import STUDIES
+    from iclft.studies.protocol import prepare
+    from iclft.sweep import run_cells
 
+    remote = executor != "local"
+    cells = [prepare(STUDIES[name], s, out / name if study == "all" else out, keep_context=not remote)
+             for name, s in specs.items()]
+    paths = run_cells(cells, runner)
     if study == "all":
         from iclft.report.index import write_index
 
-        paths = {name: run_one(name, study_spec, out / name) for name, study_spec in specs.items()}
-        index = write_index(out, paths)
-        typer.echo(f"report: {index}")
+        typer.echo(f"report: {write_index(out, dict(zip(specs, paths, strict=True)))}")
         return
-    path = run_one(study, specs[study], out)
-    typer.echo(f"report: {path / 'report.html'}")
+    typer.echo(f"report: {paths[0] / 'report.html'}")
+
+
+def _executor(name: str, address: str | None, workers: int | None, gpus: float, retries: int):
+    from iclft.sweep.executors import make_executor
+
+    if name == "local" and (address or gpus):
+        raise UserError("--ray-address and --gpus-per-worker need --executor ray")
+    return make_executor(name, address=address, workers=workers, gpus_per_worker=gpus, retries=retries)
+
+
+@app.command()
+@user_errors
+def sweep(
+    sweep_file: Path = typer.Argument(..., help="SWEEP.yaml: models, studies, preset, spec, variants"),
+    out: Path = typer.Option(..., "--out", help="sweep directory: one run directory per cell (rerun to resume)"),
+    quick: bool = typer.Option(False, "--quick", help="every cell with the quick preset"),
+    executor: str = typer.Option("local", "--executor", help=EXECUTOR_HELP),
+    ray_address: str | None = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
+    workers: int | None = typer.Option(None, "--workers", min=1, help=WORKERS_HELP),
+    gpus_per_worker: float = typer.Option(0, "--gpus-per-worker", min=0, help="GPUs each Ray worker holds"),
+    retries: int = typer.Option(2, "--retries", min=0, help=RETRIES_HELP),
+):
+    """Run a grid of models × studies (× spec variants): every cell's units scheduled together, one index page."""
+    _setup_logging()
+    from iclft.sweep.plan import run_sweep
+
+    runner = _executor(executor, ray_address, workers, gpus_per_worker, retries)
+    typer.echo(f"report: {run_sweep(sweep_file, out, runner, quick=quick)}")
+
+
+@app.command()
+@user_errors
+def compare(
+    runs: list[Path] = typer.Argument(..., help="run directories (or directories holding runs: run all, sweeps)"),
+    out: Path = typer.Option(..., "--out", help="where compare.html, compare.csv and figures/ go"),
+):
+    """Headline numbers of several runs side by side with their 95% CIs, per study, and against model size."""
+    _setup_logging()
+    from iclft.report.compare import write_compare
+
+    typer.echo(f"report: {write_compare(out, runs)}")
 
 
 @app.command("spec")

@@ -1,5 +1,5 @@
 """Every study with its report: the one place that knows both. The CLI, `iclft report` and the index page
-read it; adding a study is a study module, a report module and one line here."""
+read it; adding a study is a study module, a report module and one line here. Running is iclft.sweep's."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from iclft.report import convergence as convergence_report
 from iclft.report import dual_view as dual_report
 from iclft.report import implicit as implicit_report
 from iclft.studies import convergence, dual_view, implicit_patterns
-from iclft.studies.protocol import Study, run_study
+from iclft.studies.protocol import Study
 
 STUDIES: dict[str, Study] = {s.name: s for s in (
     convergence.STUDY.rendered_by(convergence_report.write_report),
@@ -23,11 +23,6 @@ def get_study(name: str) -> Study:
     if name not in STUDIES:
         raise UserError(f"unknown study {name!r}; choose one of {', '.join(STUDIES)}")
     return STUDIES[name]
-
-
-def run(name: str, spec, out: Path) -> Path:
-    """Run (or resume) the study called `name` into OUT."""
-    return run_study(get_study(name), spec, out)
 
 
 def rerender(run_dir: Path) -> Path:

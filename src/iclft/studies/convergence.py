@@ -28,8 +28,7 @@ from iclft.metrics.stats import compare, correlation, headline, interval, judge,
 from iclft.models.load import Loaded, load
 from iclft.prompts import Embedder, PromptBuilder, corrupt_labels, select_demos
 from iclft.studies.common import RunSpec
-from iclft.studies.protocol import Study
-from iclft.sweep import Unit
+from iclft.studies.protocol import Study, Unit
 from iclft.tasks import Task, get_task
 from iclft.tuning import LoraConfigSpec, StackedLora
 
@@ -41,8 +40,8 @@ class ConvergenceSpec(RunSpec):
     control_task: str | None = Field(
         "implicit/boolean", description="unrelated task whose demonstrations form the control (None: no control)"
     )
-    seeds: int = Field(6, ge=1, description="number of seeds (trials are repeated per seed)")
-    queries_per_seed: int = Field(3, ge=1, description="test queries per seed (paired across conditions)")
+    seeds: int = Field(5, ge=1, description="number of seeds (trials are repeated per seed)")
+    queries_per_seed: int = Field(2, ge=1, description="test queries per seed (paired across conditions)")
     k_values: list[PositiveInt] = Field([1, 2, 4, 8], description="numbers of demonstrations swept")
     base_k: int = Field(4, ge=1, description="k used while selection / labels / control vary")
     selections: list[Literal["random", "most_similar", "least_similar"]] = Field(

@@ -53,8 +53,7 @@ from iclft.metrics.stats import compare, headline, interval, judge, layer_interv
 from iclft.models.load import Loaded, load
 from iclft.prompts import PromptBuilder
 from iclft.studies.common import RunSpec
-from iclft.studies.protocol import Study
-from iclft.sweep import Unit
+from iclft.studies.protocol import Study, Unit
 from iclft.tasks import Example, Task, get_task
 from iclft.tuning.ft_kv import FtKvSession
 
@@ -77,15 +76,15 @@ class DualSpec(RunSpec):
     seeds: int = Field(5, ge=1, description="number of demonstration sets (one FT-KV model each)")
     batch_size: int = Field(32, ge=1, description="queries per forward pass (on top of the cached prefix)")
     task: str = Field("sentiment", description="classification task (or dai/<sst2|sst5|mr|subj|agnews|cb>, online)")
-    k: int = Field(32, ge=1, description="demonstrations per seed (fewer only if the context cannot hold them)")
-    queries: int | None = Field(300, ge=1, description="first N queries of the test split (None: all)")
+    k: int = Field(16, ge=1, description="demonstrations per seed (fewer only if the context cannot hold them; paper: 32)")
+    queries: int | None = Field(150, ge=1, description="first N queries of the test split (None: all)")
     demo_sampling: Literal["balanced", "random"] = Field(
         "balanced", description="balanced: k/n_labels per label (remainder random), seeded order; random: any")
     instruction: bool = Field(True, description="instruction in the ICL and ZSL prompts")
     ft_instruction: bool = Field(False, description="instruction in the FT-KV training examples")
     lr_grid: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
         [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], min_length=1, description="FT-KV SGD learning rates tried")
-    val_size: int = Field(200, ge=1, description="validation queries (from TRAIN) for choosing the learning rate")
+    val_size: int = Field(100, ge=1, description="validation queries (from TRAIN) for choosing the learning rate")
     query_chunk: int = Field(256, ge=1, description="queries held in memory at once")
 
 
@@ -120,9 +119,9 @@ def run_unit(spec: DualSpec, ctx: Context, unit: Unit) -> pd.DataFrame:
                     ctx.loaded.info["n_layers"])
 
 
-def manifest(spec: DualSpec, ctx: Context, summary: dict) -> dict:
+def manifest(spec: DualSpec, summary: dict) -> dict:
     return {"lr_grid": list(spec.lr_grid), "lr_choice": summary["lr_choice"], "k_per_seed": summary["k_per_seed"],
-            "demo_sampling": spec.demo_sampling, "val_size": spec.val_size, "n_queries": len(ctx.queries),
+            "demo_sampling": spec.demo_sampling, "val_size": spec.val_size, "n_queries": summary["n_queries"],
             "prefix_kv_cache": True}
 
 

@@ -39,8 +39,7 @@ from iclft.metrics.stats import REPRODUCED, compare, correlation, headline, inte
 from iclft.models.load import Loaded, load
 from iclft.prompts import PromptBuilder
 from iclft.studies.common import RunSpec
-from iclft.studies.protocol import Study
-from iclft.sweep import Unit
+from iclft.studies.protocol import Study, Unit
 from iclft.tasks.implicit import DEFAULT_RULE, FAMILIES, RULES, generate, implicit_task, normalise_answer
 from iclft.tuning.finetune import FinetuneSpec, finetune
 
@@ -53,10 +52,10 @@ class ImplicitSpec(RunSpec):
     seeds: int = Field(5, ge=1, description="number of seeds (task draws, demonstrations, FT data order)")
     families: list[Literal[FAMILIES]] = Field(list(FAMILIES), min_length=1, description="implicit-pattern families")
     rules: dict[str, str] = Field({}, description="family -> rule; default: the held-out rule (DEFAULT_RULE)")
-    n_eval: int = Field(12, ge=1, description="test items per variant (clean / misleading) per seed")
-    k_values: list[NonNegativeInt] = Field([0, 1, 2, 4, 8, 16], min_length=1,
+    n_eval: int = Field(8, ge=1, description="test items per variant (clean / misleading) per seed")
+    k_values: list[NonNegativeInt] = Field([0, 2, 8], min_length=1,
                                            description="ICL numbers of demonstrations")
-    ft_sizes: list[PositiveInt] = Field([16, 64, 128], min_length=1,
+    ft_sizes: list[PositiveInt] = Field([16, 64], min_length=1,
                                         description="FT numbers of training samples N (paper: to 1024)")
     ft_methods: list[Literal["full", "lora"]] = Field(["full", "lora"], description="fine-tuning methods")
     full: FinetuneSpec = Field(default_factory=lambda: FinetuneSpec(method="full", lr=3e-4, steps=12, epochs=2,
@@ -65,10 +64,10 @@ class ImplicitSpec(RunSpec):
     lora: FinetuneSpec = Field(default_factory=lambda: FinetuneSpec(method="lora", lr=3e-3, steps=12, epochs=2,
                                                                        eval_every=4),
                                description="LoRA fine-tuning")
-    curve_eval: int = Field(6, ge=1, description="test items per variant scored during fine-tuning")
+    curve_eval: int = Field(4, ge=1, description="test items per variant scored during fine-tuning")
     instruction: bool = Field(True, description="prepend the task instruction to every prompt")
     max_new_tokens: int = Field(6, ge=1, description="greedy decoding budget for numeric answers")
-    circuit_pairs: int = Field(6, ge=0, description="clean/misleading pairs per family and seed (0: no circuits)")
+    circuit_pairs: int = Field(4, ge=0, description="clean/misleading pairs per family and seed (0: no circuits)")
     circuit_k: int = Field(4, ge=1, description="demonstrations in the ICL circuit setting")
     circuit_ft: Literal["full", "lora"] = Field("full", description="fine-tuning method of the FT circuit setting")
     circuit_n: int | None = Field(None, description="N of the FT circuit setting (default: the largest N)")
@@ -130,11 +129,12 @@ def units(spec: ImplicitSpec, ctx: Context) -> list[Unit]:
     out = []
     for fam in spec.families:
         for s in spec.seed_list():
-            out.append(Unit(f"{fam}__s{s}__icl", {"family": fam, "seed": s, "part": "icl"}))
-            out += [Unit(f"{fam}__s{s}__ft_{m}", {"family": fam, "seed": s, "part": f"ft_{m}"})
+            group = f"{fam}__s{s}"  # circuits reuses the ft unit's model when run after it, in one process
+            out.append(Unit(f"{fam}__s{s}__icl", {"family": fam, "seed": s, "part": "icl"}, group))
+            out += [Unit(f"{fam}__s{s}__ft_{m}", {"family": fam, "seed": s, "part": f"ft_{m}"}, group)
                     for m in spec.ft_methods]
             if spec.circuit_pairs:
-                out.append(Unit(f"{fam}__s{s}__circuits", {"family": fam, "seed": s, "part": "circuits"}))
+                out.append(Unit(f"{fam}__s{s}__circuits", {"family": fam, "seed": s, "part": "circuits"}, group))
     return out
 
 

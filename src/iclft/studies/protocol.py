@@ -1,24 +1,36 @@
 """What a study is, and the one way every study runs.
 
-A study declares its spec, presets and five functions; `run_study` does the rest (run directory, resume,
-shards, records, summary, report, manifest). `run_unit` must depend only on the spec, the unit's params and
-the context, so that units can run in any order, in any process that built the same context.
+A study declares its spec, presets and five functions; `prepare` sets a run up and `iclft.sweep.run_cells`
+does the rest on any executor (run directory, resume, shards, records, summary, report, manifest).
+`run_unit` must depend only on the spec, the unit's params and the context, so that units can run in any
+order, in any process that built the same context: that is what lets an executor (local processes, or Ray
+workers that each build their own context) run them anywhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
 
-from iclft import rundir
 from iclft.studies.common import RunSpec
-from iclft.sweep import Unit, run_units
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of a study's work: its shard is written atomically when it finishes, so a rerun skips it."""
+
+    id: str  # file-name safe, unique within a run
+    params: dict = field(default_factory=dict, hash=False, compare=False)
+    # Units of one group run on one worker, in order, where the executor can: a later unit may reuse what an
+    # earlier one left in that process (a trained model). Results never depend on it, only the time.
+    group: str | None = field(default=None, hash=False, compare=False)
 
 
 class Context(Protocol):
@@ -44,33 +56,52 @@ class Study:
     summarise: Callable[[pd.DataFrame, RunSpec, dict], dict]
     # examples(spec, context) -> {setting: [token ids, ...]}: two prompts per setting, for the report
     examples: Callable[[RunSpec, Context], dict[str, list[list[int]]]] | None = None
-    # manifest(spec, context, summary) -> study-specific manifest fields
-    manifest: Callable[[RunSpec, Context, dict], dict] | None = None
+    # manifest(spec, summary) -> study-specific manifest fields
+    manifest: Callable[[RunSpec, dict], dict] | None = None
     render: Render | None = None  # set by iclft.registry: studies do not import reports
 
     def rendered_by(self, render: Render) -> Study:
         return dataclasses.replace(self, render=render)
 
 
-def run_study(study: Study, spec: RunSpec, out: Path) -> Path:
-    """Run (or resume) `study` into OUT; returns OUT."""
+@dataclass
+class Cell:
+    """One run directory in the making: a study, its spec, where it goes, and what set-up found."""
+
+    study: Study
+    spec: RunSpec
+    out: Path
+    units: list[Unit]
+    info: dict  # the model's description (hash, family, size)
+    examples: dict
+    context: Any  # None once dropped (remote executors and sweeps build their own)
+    started: float
+
+
+def prepare(study: Study, spec: RunSpec, out: Path, keep_context: bool = True) -> Cell:
+    """Set-up of one run: load, check every input, list the units. Nothing is written yet.
+
+    Without `keep_context` (remote workers build their own), a driver with no GPU sets up a `cuda` spec on the CPU:
+    units, examples and the model's identity do not depend on the device.
+    """
     started = time.time()
-    context = study.setup(spec)
+    on_driver = spec
+    if not keep_context and str(spec.device).startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            on_driver = spec.model_copy(update={"device": "cpu"})
+    context = study.setup(on_driver)
     units = study.units(spec, context)
-    info = context.loaded.info
-    with rundir.open_run(out, spec, rundir.identity(info)) as out:
-        if study.examples is not None:
-            tok = context.loaded.tokenizer
-            rundir.write_examples(out, {k: [tok.convert_ids_to_tokens(list(ids)) for ids in v]
-                                        for k, v in study.examples(spec, context).items()})
-        records = run_units(units, lambda unit: study.run_unit(spec, context, unit), rundir.shard_dir(out),
-                            desc=study.name)
-        rundir.write_records(out, records)
-        summary = study.summarise(records, spec, info)
-        rundir.write_summary(out, summary)
-        if study.render is not None:
-            study.render(out, records, summary, spec, info)
-        extra = {"study": study.name, "units": len(units),
-                 **(study.manifest(spec, context, summary) if study.manifest else {})}
-        rundir.write_manifest(out, rundir.manifest(spec, info, started, extra))
-    return out
+    ids = [u.id for u in units]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{study.name}: unit ids must be unique")
+    tok = context.loaded.tokenizer if study.examples is not None else None
+    examples = ({k: [tok.convert_ids_to_tokens(list(ids)) for ids in v]
+                 for k, v in study.examples(spec, context).items()} if tok is not None else {})
+    info = {**context.loaded.info, "device": spec.device}
+    cell = Cell(study, spec, Path(out), units, info, examples, context, started)
+    if not keep_context:
+        cell.context = None
+        gc.collect()
+    return cell

@@ -1,43 +1,85 @@
-"""Units of work, each writing its own shard atomically, so a rerun after a kill skips finished units.
+"""Where a study's units run, and a run directory's driver-side files (shards, records, summary, report,
+manifest). Every unit writes its own shard atomically as it finishes, so a rerun after a kill skips finished
+units; rows come back in unit order regardless of which units were resumed or where they ran, so a resumed
+or distributed run equals an uninterrupted local one row for row.
 
-The default executor runs units in-process, in order; rows come back in unit order regardless of which
-units were resumed, so a resumed run equals an uninterrupted one row for row.
+    run_cells(cells, executor)   many runs' units scheduled together (`run all`, sweeps)
+    run_study(study, spec, out)  one run
+    run(name, spec, out)         one run of a registered study
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import pandas as pd
 from tqdm.auto import tqdm
 
-from iclft.rundir import atomic_write_parquet
+from iclft import rundir
+from iclft.studies.common import RunSpec
+from iclft.studies.protocol import Cell, Study, prepare
+from iclft.sweep.executors import Job, LocalExecutor
 
 
-@dataclass(frozen=True)
-class Unit:
-    id: str  # file-name safe, unique within a run
-    params: dict = field(default_factory=dict, hash=False, compare=False)
+def run_cells(cells: Sequence[Cell], executor=None, desc: str | None = None) -> list[Path]:
+    """Run (or resume) every cell's units together on one executor; each cell's driver-side files (shards,
+    records, summary, report, manifest) are written here, atomically, as results arrive."""
+    executor = executor or LocalExecutor()
+    keys = [str(c.out) for c in cells]
+    if len(set(keys)) != len(keys):
+        raise ValueError("two cells share a run directory")
+    if isinstance(executor, LocalExecutor):
+        executor.contexts.update({k: c.context for k, c in zip(keys, cells, strict=True) if c.context is not None})
+    with ExitStack() as stack:
+        for cell in cells:
+            stack.enter_context(rundir.open_run(cell.out, cell.spec, rundir.identity(cell.info)))
+            if cell.examples:
+                rundir.write_examples(cell.out, cell.examples)
+        jobs = [Job(key, c.study.setup, c.study.run_unit, c.spec, u) for key, c in zip(keys, cells, strict=True)
+                for u in c.units if not (rundir.shard_dir(c.out) / f"{u.id}.parquet").exists()]
+        total = sum(len(c.units) for c in cells)
+        label = desc or (cells[0].study.name if len(cells) == 1 else "units")
+        with tqdm(total=total, initial=total - len(jobs), desc=label, unit="unit", dynamic_ncols=True) as bar:
+            by_key = dict(zip(keys, cells, strict=True))
+
+            def on_result(job: Job, df: pd.DataFrame) -> None:
+                df.insert(0, "unit", job.unit.id)
+                rundir.atomic_write_parquet(df, rundir.shard_dir(by_key[job.cell].out) / f"{job.unit.id}.parquet")
+                bar.update(1)
+
+            stats = executor.map(jobs, on_result) if jobs else {"executor": getattr(executor, "name", "local")}
+        for cell in cells:
+            _finish(cell, stats)
+    return [c.out for c in cells]
 
 
-def run_units(
-    units: list[Unit], fn: Callable[[Unit], pd.DataFrame], shard_dir: Path, desc: str = "units"
-) -> pd.DataFrame:
-    ids = [u.id for u in units]
-    if len(set(ids)) != len(ids):
-        raise ValueError("unit ids must be unique")
-    shard_dir = Path(shard_dir)
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    done = sum((shard_dir / f"{u.id}.parquet").exists() for u in units)
-    with tqdm(total=len(units), initial=done, desc=desc, unit="unit", dynamic_ncols=True) as bar:
-        for u in units:
-            path = shard_dir / f"{u.id}.parquet"
-            if path.exists():
-                continue
-            df = fn(u)
-            df.insert(0, "unit", u.id)
-            atomic_write_parquet(df, path)
-            bar.update(1)
-    return pd.concat([pd.read_parquet(shard_dir / f"{i}.parquet") for i in ids], ignore_index=True)
+def _finish(cell: Cell, stats: dict) -> None:
+    study, spec, out = cell.study, cell.spec, cell.out
+    shards = rundir.shard_dir(out)
+    records = pd.concat([pd.read_parquet(shards / f"{u.id}.parquet") for u in cell.units], ignore_index=True)
+    rundir.write_records(out, records)
+    summary = study.summarise(records, spec, cell.info)
+    rundir.write_summary(out, summary)
+    if study.render is not None:
+        study.render(out, records, summary, spec, cell.info)
+    extra = {"study": study.name, "units": len(cell.units)}
+    if study.manifest is not None:
+        extra.update(study.manifest(spec, summary))
+    retries = {unit: n for (key, unit), n in stats.get("retries", {}).items() if key == str(out)}
+    extra["executor"] = {**{k: v for k, v in stats.items() if k != "retries"},
+                         **({"retries": retries} if "retries" in stats else {})}
+    rundir.write_manifest(out, rundir.manifest(spec, cell.info, cell.started, extra))
+
+
+def run_study(study: Study, spec: RunSpec, out: Path, executor=None) -> Path:
+    """Run (or resume) `study` into OUT; returns OUT."""
+    return run_cells([prepare(study, spec, out)], executor)[0]
+
+
+def run(name: str, spec, out: Path, executor=None) -> Path:
+    """Run (or resume) the registered study called `name` into OUT."""
+    from iclft.registry import get_study
+
+    return run_study(get_study(name), spec, out, executor)
