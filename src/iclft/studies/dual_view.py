@@ -76,7 +76,7 @@ class DualSpec(RunSpec):
     seeds: int = Field(5, ge=1, description="number of demonstration sets (one FT-KV model each)")
     batch_size: int = Field(32, ge=1, description="queries per forward pass (on top of the cached prefix)")
     task: str = Field("sentiment", description="classification task (or dai/<sst2|sst5|mr|subj|agnews|cb>, online)")
-    k: int = Field(16, ge=1, description="demonstrations per seed (fewer only if the context cannot hold them; paper: 32)")
+    k: int = Field(16, ge=1, description="demonstrations per seed (paper: 32; fewer only if they do not fit)")
     queries: int | None = Field(150, ge=1, description="first N queries of the test split (None: all)")
     demo_sampling: Literal["balanced", "random"] = Field(
         "balanced", description="balanced: k/n_labels per label (remainder random), seeded order; random: any")
