@@ -2,8 +2,9 @@
 
 `record_attention` routes the model's attention through a wrapper (registered with transformers'
 AttentionInterface under the model's own eager/sdpa implementation) that keeps the attention queries
-(after RoPE, as attention sees them) and, if asked, the keys of chosen layers, then calls the model's
-own attention function, so outputs are unchanged. The implementation is restored on exit.
+(after RoPE, as attention sees them) and, if asked, the keys of chosen layers and the queries before RoPE,
+then calls the model's own attention function, so outputs are unchanged. The implementation is restored
+on exit.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class AttentionRecord:
 
     queries[l]: (batch, heads, q_len, d_head), or (batch, heads, 1, d_head) with last_only;
     keys[l]:    (batch, heads, n_keys, d_head) with KV groups repeated to the query heads (if keys=True);
+    queries_pre[l]: like queries, before the rotary position embedding (if pre_rope=True): the query as a
+                function of the token alone; equal to queries for models without RoPE (GPT-2, OPT);
     scaling[l]: the scale attention multiplies q·k by.
     """
 
@@ -35,12 +38,16 @@ class AttentionRecord:
     layers: set[int]
     last_only: bool
     want_keys: bool
+    pre_rope: bool = False
     queries: dict[int, torch.Tensor] = field(default_factory=dict)
+    queries_pre: dict[int, torch.Tensor] = field(default_factory=dict)
+    rope: dict[int, tuple | None] = field(default_factory=dict)  # layer -> (cos, sin) of the current pass
     keys: dict[int, torch.Tensor] = field(default_factory=dict)
     scaling: dict[int, float] = field(default_factory=dict)
 
     def clear(self) -> None:
         self.queries.clear()
+        self.queries_pre.clear()
         self.keys.clear()
         self.scaling.clear()
 
@@ -58,6 +65,10 @@ def _recording_attention(module, query, key, value, attention_mask, scaling=None
         if layer in rec.layers:
             q = query[:, :, -1:] if rec.last_only else query
             rec.queries[layer] = q.detach()
+            if rec.pre_rope:
+                rope = rec.rope.get(layer)
+                pre = query if rope is None else unrotate(query, *rope)
+                rec.queries_pre[layer] = (pre[:, :, -1:] if rec.last_only else pre).detach()
             if rec.want_keys:
                 n_rep = query.shape[1] // key.shape[1]
                 rec.keys[layer] = (key.repeat_interleave(n_rep, dim=1) if n_rep > 1 else key).detach()
@@ -67,6 +78,18 @@ def _recording_attention(module, query, key, value, attention_mask, scaling=None
     else:
         fn = ALL_ATTENTION_FUNCTIONS[impl]
     return fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kw)
+
+
+def unrotate(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Invert HF's `apply_rotary_pos_emb` (q·cos + rotate_half(q)·sin) on the first cos.shape[-1] dims of each
+    head (partial rotary, as GPT-NeoX, leaves the rest alone). q: (batch, heads, len, d_head); cos, sin:
+    (batch, len, d_rot)."""
+    cos, sin = cos.unsqueeze(1).to(q.dtype), sin.unsqueeze(1).to(q.dtype)
+    r = cos.shape[-1]
+    q_rot, q_pass = q[..., :r], q[..., r:]
+    half = r // 2
+    rot_half = torch.cat([-q_rot[..., half:], q_rot[..., :half]], dim=-1)
+    return torch.cat([q_rot * cos - rot_half * sin, q_pass], dim=-1)  # a rotation by -angle undoes +angle
 
 
 def _register(impl: str) -> str:
@@ -81,8 +104,10 @@ def _register(impl: str) -> str:
 
 
 @contextlib.contextmanager
-def record_attention(model, family: Family, layers, *, last_only: bool = False, keys: bool = False):
-    """Record attention queries (and keys) of `layers` during the forward passes inside the block.
+def record_attention(model, family: Family, layers, *, last_only: bool = False, keys: bool = False,
+                     pre_rope: bool = False):
+    """Record attention queries (and keys, and pre-RoPE queries) of `layers` during the forward passes inside
+    the block.
 
     Yields an `AttentionRecord` that each forward pass overwrites. The model's attention implementation
     is restored on exit.
@@ -93,7 +118,14 @@ def record_attention(model, family: Family, layers, *, last_only: bool = False, 
         raise ValueError(f"recording attention needs eager or sdpa attention, not {impl!r}")
     blocks = blocks_of(model, family)
     rec = AttentionRecord({id(get_module(b, family.attn)): i for i, b in enumerate(blocks)}, set(layers),
-                          last_only, keys)
+                          last_only, keys, pre_rope)
+    hooks = []
+    if pre_rope:  # RoPE families pass (cos, sin) to their attention module as `position_embeddings`
+        for i in rec.layers:
+            def keep(_mod, _args, kwargs, i=i):
+                rec.rope[i] = kwargs.get("position_embeddings")
+
+            hooks.append(get_module(blocks[i], family.attn).register_forward_pre_hook(keep, with_kwargs=True))
     token = _ACTIVE.set(rec)
     cfg._attn_implementation = _register(impl)
     try:
@@ -101,3 +133,5 @@ def record_attention(model, family: Family, layers, *, last_only: bool = False, 
     finally:
         cfg._attn_implementation = impl
         _ACTIVE.reset(token)
+        for h in hooks:
+            h.remove()

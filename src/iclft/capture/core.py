@@ -74,7 +74,8 @@ def capture(
 
     from iclft.capture.attention import record_attention
 
-    ctx = (record_attention(model, family, recorded, last_only=last, keys=want_keys) if recorded
+    pre_rope = any(site.kind == "attn.q_pre" for _, _, site in parsed)
+    ctx = (record_attention(model, family, recorded, last_only=last, keys=want_keys, pre_rope=pre_rope) if recorded
            else contextlib.nullcontext())
     try:
         for name, layer, site in parsed:
@@ -95,8 +96,8 @@ def capture(
                 for name, layer, site in parsed:
                     if site.kind == "attn.scores":
                         t = _scores(rec, layer)
-                    elif site.kind == "attn.q":
-                        q = rec.queries[layer]  # (b, heads, q_len, d_head)
+                    elif site.kind in ("attn.q", "attn.q_pre"):
+                        q = (rec.queries if site.kind == "attn.q" else rec.queries_pre)[layer]  # (b, h, len, d)
                         t = q[:, :, -1] if last else q.transpose(1, 2)
                     else:
                         t = current[name]

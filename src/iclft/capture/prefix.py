@@ -116,7 +116,9 @@ def capture_prefixed(
 
     got: dict[str, list] = {s: [None] * len(suffixes) for s, _, _ in parsed}
     all_logits: list = [None] * len(suffixes)
-    ctx = (record_attention(model, family, rec_layers, last_only=True, keys=want_keys) if rec_layers
+    pre_rope = any(site.kind == "attn.q_pre" for _, _, site in parsed)
+    ctx = (record_attention(model, family, rec_layers, last_only=True, keys=want_keys, pre_rope=pre_rope)
+           if rec_layers
            else contextlib.nullcontext())
     try:
         with ctx as rec:
@@ -146,8 +148,9 @@ def capture_prefixed(
                         if site.kind == "attn.scores":
                             s = scores[layer][j]  # (heads, n_prefix + width)
                             got[name][i] = torch.cat([s[:, :n_prefix], s[:, n_prefix + width - n:]], dim=-1)
-                        elif site.kind == "attn.q":
-                            got[name][i] = rec.queries[layer][j, :, -1].float().cpu()
+                        elif site.kind in ("attn.q", "attn.q_pre"):
+                            qs = rec.queries if site.kind == "attn.q" else rec.queries_pre
+                            got[name][i] = qs[layer][j, :, -1].float().cpu()
                         else:
                             got[name][i] = current[name][j].float().cpu()
     finally:

@@ -43,6 +43,8 @@ SITES: dict[str, Site] = {
              doc="pre-softmax, pre-mask q·k·scale per query head (GQA: each head uses its KV group), over all "
                  "non-padding keys"),
         Site("attn.q", "attn", "attention", heads=True, doc="attention query after RoPE, as attention sees it"),
+        Site("attn.q_pre", "attn", "attention", heads=True,
+             doc="attention query before RoPE: a function of the token alone (= attn.q without RoPE)"),
     ]
 }
 

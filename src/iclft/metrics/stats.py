@@ -155,7 +155,7 @@ QUANTITIES: dict[str, Quantity] = {
     # dual view
     **{k: COSINE for k in ("simaou", "simaou_random", "simam_before", "simam_after")},
     "kendall": MEAN_TAU, "kendall_random": MEAN_TAU,
-    "rec2ftp": PROPORTION, "accuracy": PROPORTION,
+    "rec2ftp": PROPORTION, "accuracy": PROPORTION, "update_ratio": POSITIVE,
     # implicit patterns
     "shift_cosine": DISTANCE, "shift_jaccard": UNIT, "patching_spearman": MEAN_TAU, "speedup": POSITIVE,
     "acc_diff": DIFF_PROPORTION, "loss": POSITIVE,

@@ -16,6 +16,7 @@ NAMES = {
     "simaou": "SimAOU (ICL vs FT-KV update)", "simaou_random": "SimAOU, random update (N(0, I))",
     "simam_before": "SimAM before (ICL vs ZSL)", "simam_after": "SimAM after (ICL vs FT-KV)",
     "kendall": "Kendall τ (ICL attention vs FT-KV query similarity)", "kendall_random": "Kendall τ, random FT side",
+    "update_ratio": "‖Δa_FT‖ / ‖Δa_ICL‖ (update size)",
 }
 
 
@@ -61,9 +62,23 @@ def findings(summary: dict) -> list[str]:
     acc = (f"Accuracies: ZSL {H.fmt_ci(summary['acc_zsl'])}, ICL {H.fmt_ci(summary['acc_icl'])}, FT-KV "
            f"{H.fmt_ci(summary['acc_ft'])}.")
     pt = summary["paired"]["acc_icl_vs_acc_ft"]
-    return [acc + f" ICL − FT-KV = {H.fmt_ci(pt['diff'])} (paired t p = {H.fmt_p(pt['t_p'])}).",
-            f"Rec2FTP rests on the queries FT-KV fixes over zero-shot: {', '.join(map(str, n_fixed))} per seed "
-            "(its interval treats them as the trials)."]
+    out = [acc + f" ICL − FT-KV = {H.fmt_ci(pt['diff'])} (paired t p = {H.fmt_p(pt['t_p'])}).",
+           f"Rec2FTP rests on the queries FT-KV fixes over zero-shot (F→T): {', '.join(map(str, n_fixed))} per "
+           f"seed, {summary.get('f_to_t_total', sum(n_fixed))} in all (its interval treats them as the trials; "
+           f"below {summary.get('min_f_to_t', '?')} it gets no verdict)."]
+    if "update_ratio" in summary:
+        ur = summary["per_layer"]["update_ratio"]
+        per_layer = ", ".join(f"layer {i}: {m:.3g}" for i, m in enumerate(ur["mean"]))
+        out.append(f"Size of the FT-KV update relative to ICL's, ‖Δa_FT‖ / ‖Δa_ICL‖ of the last token's attention "
+                   f"output (Δ: change from zero-shot): {H.fmt_ci(summary['update_ratio'])} over layers ({per_layer})."
+                   + (" FT-KV barely moves the model: SimAOU and Kendall compare ICL with a much smaller update."
+                      if summary["update_ratio"]["mean"] < 0.05 else ""))
+    if "kendall_rope" in summary:
+        out.append("Kendall's FT side uses attention queries " + (
+            "before RoPE (the token's query alone, no relative-position term)." if summary["kendall_rope"] == "pre"
+            else "after RoPE (includes a relative-position term between a demonstration's place in its own "
+                 "training sequence and the test token's)."))
+    return out
 
 
 def _pub_row(pub: dict, name: str, ours: str, key: str, fmt) -> list:

@@ -57,7 +57,8 @@ from iclft.studies.protocol import Study, Unit
 from iclft.tasks import Example, Task, get_task
 from iclft.tuning.ft_kv import FtKvSession
 
-LAYER_METRICS = ("simaou", "simaou_random", "simam_before", "simam_after", "kendall", "kendall_random")
+LAYER_METRICS = ("simaou", "simaou_random", "simam_before", "simam_after", "kendall", "kendall_random",
+                 "update_ratio")
 SCALAR_METRICS = ("rec2ftp", "acc_zsl", "acc_icl", "acc_ft")
 SETTINGS = ("zsl", "icl", "ft")
 
@@ -83,7 +84,15 @@ class DualSpec(RunSpec):
     instruction: bool = Field(True, description="instruction in the ICL and ZSL prompts")
     ft_instruction: bool = Field(False, description="instruction in the FT-KV training examples")
     lr_grid: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
-        [1e-4, 3e-4, 1e-3, 3e-3, 1e-2], min_length=1, description="FT-KV SGD learning rates tried")
+        [1e-3, 1e-2, 1e-1, 3e-1, 1.0], min_length=1,
+        description="FT-KV SGD learning rates tried (log-spaced up to 1, where FT-KV changes predictions); the one "
+                    "with the best validation accuracy, then the lowest validation loss, is used")
+    min_f_to_t: int = Field(10, ge=1, description="Rec2FTP gets a verdict only if at least this many queries (all "
+                                                  "seeds) are wrong zero-shot and right after FT-KV")
+    kendall_rope: Literal["pre", "post"] = Field(
+        "pre", description="Kendall's FT side compares attention queries before RoPE (pre: the token's query "
+                           "alone) or after it (post: adds a relative-position term between a demonstration's "
+                           "position in its own training sequence and the test token's)")
     val_size: int = Field(100, ge=1, description="validation queries (from TRAIN) for choosing the learning rate")
     query_chunk: int = Field(256, ge=1, description="queries held in memory at once")
 
@@ -228,10 +237,11 @@ def _prefix_and_suffixes(prompts) -> tuple[list[int], list[list[int]]]:
 
 def _capture_setting(model, fam, prompts, n_layers, spec, pad_id, label_ids, want_q=False,
                      demo_positions=None) -> dict:
+    q_site = "attn.q_pre" if spec.kendall_rope == "pre" else "attn.q"
     """Last-token quantities of one setting for all prompts, in chunks: logits at the label columns,
     attn_out (n, L, d), query-span scores per query and layer, ICL attention to demo tokens, test queries."""
     prefix, suffixes = _prefix_and_suffixes(prompts)
-    kinds = ["attn.out", "attn.scores"] + (["attn.q"] if want_q else [])
+    kinds = ["attn.out", "attn.scores"] + ([q_site] if want_q else [])
     sites = [f"blocks.{layer}.{kind}" for kind in kinds for layer in range(n_layers)]
     res: dict = {"logits": [], "attn_out": [], "simam_rows": [], "demo_attn": [], "q_last": []}
     for start in range(0, len(prompts), spec.query_chunk):
@@ -241,7 +251,7 @@ def _capture_setting(model, fam, prompts, n_layers, spec, pad_id, label_ids, wan
         res["logits"].append(cap.logits[:, label_ids])
         res["attn_out"].append(cap.stack("attn.out", n_layers))
         if want_q:
-            res["q_last"].append(cap.stack("attn.q", n_layers))
+            res["q_last"].append(cap.stack(q_site, n_layers))
         for j, p in enumerate(chunk):
             qs, qe = p.query_span
             rows, demo = [], []
@@ -305,9 +315,10 @@ def run_seed(spec: DualSpec, seed: int, loaded, task: Task, builder: PromptBuild
         for lr in spec.lr_grid:
             session.train(train_ids, lr)
             search[repr(float(lr))] = _val_score(model, fam, val_prompts, label_ids, val_gold, spec, pad)
-        # Best validation accuracy; ties go to the higher gold log-probability, then to the earlier grid entry.
+        # Best validation accuracy; ties go to the lower validation loss (the higher mean log-probability of the
+        # gold label among the label words), then to the earlier grid entry.
         best = max(spec.lr_grid, key=lambda lr: (search[repr(float(lr))][0], search[repr(float(lr))][1]))
-        ft = session.train(train_ids, best, record_from=starts)
+        ft = session.train(train_ids, best, record_from=starts, pre_rope=spec.kendall_rope == "pre")
         c_ft = _capture_setting(model, fam, zsl, n_layers, spec, pad, label_ids, want_q=True)
     if ft.steps != len(demos):
         raise RuntimeError(f"FT-KV took {ft.steps} steps for {len(demos)} demonstrations")
@@ -337,6 +348,9 @@ def run_seed(spec: DualSpec, seed: int, loaded, task: Task, builder: PromptBuild
         ft_side = ft_kv_scores(demo_q64, c_ft["q_last"][i])  # (L, T)
         m["kendall"] = kendall(icl_side, ft_side)
         m["kendall_random"] = kendall_random(icl_side, gen)
+        # size of the FT-KV update relative to ICL's: ||a_FT - a_ZSL|| / ||a_ICL - a_ZSL||, per layer
+        m["update_ratio"] = ((a_f[i] - a_z[i]).double().norm(dim=-1)
+                             / (a_i[i] - a_z[i]).double().norm(dim=-1)).numpy()
         for layer in range(n_layers):
             rows.append({
                 "seed": seed, "query": i, "layer": layer, "k": len(demos), "n_demo_tokens": len(demo_positions),
@@ -380,6 +394,9 @@ def summarise(records: pd.DataFrame, spec: DualSpec, model_info: dict) -> dict:
             warnings.warn(f"seed {s}: {caught[0].message}", RuntimeWarning, stacklevel=2)
     summary["rec2ftp"] = interval(np.array(r2f, float), "rec2ftp", trials=np.array(r2f_den, float))
     summary["rec2ftp_fixed_by_ft"] = [int(d) for d in r2f_den]
+    summary["f_to_t_total"] = int(sum(r2f_den))  # the queries Rec2FTP rests on (all seeds)
+    summary["min_f_to_t"] = spec.min_f_to_t
+    summary["kendall_rope"] = spec.kendall_rope
     for setting in SETTINGS:
         summary[f"acc_{setting}"] = interval(np.array([by_seed[s][f"correct_{setting}"].mean() for s in seeds]),
                                              "acc", trials=np.array([len(by_seed[s]) for s in seeds], float))
@@ -404,11 +421,15 @@ def summarise(records: pd.DataFrame, spec: DualSpec, model_info: dict) -> dict:
     return summary
 
 
+def too_few(summary: dict) -> bool:
+    return summary["f_to_t_total"] < summary["min_f_to_t"]
+
+
 def headlines(summary: dict) -> list[dict]:
     """Dai et al.'s claims with this run's values (Holm over the study's tests)."""
     p, pub = summary["paired"], PUBLISHED
     both = lambda key, f="{:.3f}": " / ".join(f.format(v) for v in pub[key])  # noqa: E731
-    return judge([
+    out = judge([
         headline("ICL recovers most of the queries FT-KV fixes over zero-shot (Rec2FTP > 0.5)", "Rec2FTP",
                  summary["rec2ftp"], f"{both('rec2ftp', '{:.1f}')} % (GPT 1.3B / 2.7B)", threshold=0.5),
         headline("ICL and FT-KV change the attention output in a shared direction (SimAOU above a random update)",
@@ -418,6 +439,9 @@ def headlines(summary: dict) -> list[dict]:
         headline("ICL attention weights rank demonstration tokens like FT-KV's query similarities (Kendall τ above "
                  "random)", "Kendall τ", summary["kendall"], both("kendall"), p["kendall_vs_random"]),
     ])
+    if too_few(summary):  # a proportion over a handful of queries calls nothing, whatever its seeds say
+        out[0]["verdict"] = f"too few F→T queries to tell ({summary['f_to_t_total']} < {summary['min_f_to_t']})"
+    return out
 
 
 STUDY = Study(name="dual", spec=DualSpec, presets={"quick": QUICK, "paper": PAPER}, setup=setup, units=units,

@@ -106,12 +106,13 @@ class FtKvSession:
         for (_, p, _), orig in zip(self.params, self.saved, strict=True):
             p.copy_(orig)
 
-    def train(self, examples: list[list[int]], lr: float, record_from: int | list[int] | None = None) -> FtKvResult:
+    def train(self, examples: list[list[int]], lr: float, record_from: int | list[int] | None = None,
+              pre_rope: bool = False) -> FtKvResult:
         """One epoch of batch-1 SGD from the original weights, one step per example, in the given order.
 
         record_from: if set, keep the attention queries of every layer for tokens `ids[record_from:]` of
         each example during its pass (for the Kendall metric); e.g. 1 skips a BOS token. A list gives one
-        start per example.
+        start per example. pre_rope: keep the queries before the rotary position embedding (position-free).
         """
         if self.saved is None:
             raise RuntimeError("use FtKvSession as a context manager")
@@ -134,10 +135,11 @@ class FtKvSession:
                 if record_from is not None:
                     from iclft.capture.prefix import record_attention
 
-                    with record_attention(model, self.family, range(n_layers)) as rec:
+                    with record_attention(model, self.family, range(n_layers), pre_rope=pre_rope) as rec:
                         loss = lm_loss(model, ids)
+                    qs = rec.queries_pre if pre_rope else rec.queries
                     for layer in range(n_layers):
-                        per_layer[layer].append(rec.queries[layer][0, :, starts[n]:].float().cpu())
+                        per_layer[layer].append(qs[layer][0, :, starts[n]:].float().cpu())
                 else:
                     loss = lm_loss(model, ids)
                 for _, p, _ in self.params:
