@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from iclft import UserError
+from iclft import UserError, quiet_libraries
 
 # Idle OpenMP threads sleep instead of spinning: on a small shared CPU, spinning threads slow torch badly.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -22,7 +22,7 @@ models_app = typer.Typer(no_args_is_help=True, help="List, inspect and evaluate 
 app.add_typer(models_app, name="models")
 
 STUDY_HELP = "a study (an unknown name lists them), or all"
-EXECUTOR_HELP = "local (this process) | ray (Ray actors; pip install 'iclft[ray]')"
+EXECUTOR_HELP = "local (this machine: this process, or --workers processes) | ray (Ray actors; needs iclft\\[ray])"
 RAY_ADDRESS_HELP = "Ray cluster to join: auto | HOST:PORT (default: start a local Ray instance)"
 WORKERS_HELP = ("parallel workers, each loading the model once: Ray actors (default: as many as the cluster's "
                 "CPUs / GPUs fit) or local processes (default: 2 for a CPU run on >= 2 cores, sharing the cores; "
@@ -47,9 +47,8 @@ def user_errors(fn):
 
 def _setup_logging():
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    import transformers
+    quiet_libraries()
 
-    transformers.logging.set_verbosity_error()
 
 
 @app.command()
@@ -73,6 +72,8 @@ def run(
 ):
     """Run a study into OUT: records.parquet, summary.json, figures/, report.html, manifest.json."""
     _setup_logging()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file, not a directory")
     # every study's spec is checked, and every study set up, before the first unit of any study runs
     specs = _specs(study, spec, quick, preset, sets, dict(model=model, seeds=seeds, pad_token=pad_token))
     if executor == "local" and workers is None:
@@ -86,6 +87,11 @@ def run(
     remote = executor != "local"
     cells = [prepare(STUDIES[name], s, out / name if study == "all" else out, keep_context=not remote)
              for name, s in specs.items()]
+    for cell in cells:  # one start banner per study instead of the libraries' unlabelled bars
+        info = cell.info
+        typer.echo(f"{cell.study.name}: model {info.get('model')} ({info.get('family')}, "
+                   f"{info.get('n_params', 0):,} parameters, {cell.spec.device}), {len(cell.units)} units, "
+                   f"preset {cell.spec.preset} -> {cell.out}", err=True)
     paths = run_cells(cells, runner)
     if study == "all":
         from iclft.report.index import write_index
@@ -181,8 +187,16 @@ def _specs(study: str, spec_path: Path | None, quick: bool, preset: str, sets: l
 def report(run_dir: Path = typer.Argument(..., help="a finished run directory")):
     """Re-render report.html (and figures) of a run directory from its records and summary."""
     _setup_logging()
-    from iclft.registry import rerender
+    from iclft.registry import STUDIES, rerender
 
+    subs = {name: run_dir / name for name in STUDIES if (run_dir / name / "summary.json").is_file()}
+    if not (run_dir / "summary.json").is_file() and subs:  # a `run all` directory: every study, then the index
+        from iclft.report.index import write_index
+
+        for path in subs.values():
+            rerender(path)
+        typer.echo(f"report: {write_index(run_dir, subs)}")
+        return
     typer.echo(f"report: {rerender(run_dir)}")
 
 

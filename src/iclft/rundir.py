@@ -33,11 +33,21 @@ import iclft
 from iclft import UserError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:  # read-only place, a file where a directory should be, disk full
+        raise UserError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -94,6 +104,8 @@ def open_run(out: Path, spec: BaseModel, ident: dict | None = None):
     finished is removed again; finished shards are never thrown away.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file, not a directory")
     text = spec_yaml(spec)
     ident_text = json.dumps(ident or {}, sort_keys=True)
     created = not out.exists()
@@ -108,12 +120,17 @@ def open_run(out: Path, spec: BaseModel, ident: dict | None = None):
                                 "choose another --out")
         elif any(out.iterdir()):
             raise UserError(f"{str(out)!r} exists and is not an iclft run directory")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "spec.yaml", text)
-    atomic_write_text(out / "identity.json", ident_text + "\n")
     try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {str(out)!r}: {exc.strerror or exc}") from None
+    try:
+        atomic_write_text(out / "spec.yaml", text)
+        atomic_write_text(out / "identity.json", ident_text + "\n")
         yield out
-    except UserError:
+    except BaseException:
+        # Whatever failed (an input error, a bug, Ctrl-C), a directory this run created and in which no unit
+        # finished is removed, so that a corrected rerun starts clean; finished shards are never thrown away.
         if created and not any(shard_dir(out).glob("*.parquet")):
             shutil.rmtree(out, ignore_errors=True)
         raise
@@ -177,4 +194,7 @@ def read_finished(run_dir: Path) -> tuple[dict, pd.DataFrame, dict, dict]:
     except FileNotFoundError as exc:
         missing = Path(exc.filename).name
         raise UserError(f"{str(run_dir)!r} is not a finished run directory (missing {missing})") from None
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as exc:  # corrupted or foreign files
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{str(run_dir)!r}: unreadable run files ({type(exc).__name__}: {first[:200]})") from None
     return summary, records, spec_data, info

@@ -65,6 +65,10 @@ def load(
     """
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for, but this torch ({torch.__version__}) sees no CUDA GPU")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UserError("device 'mps' asked for, but this machine has no MPS backend")
     if name == "builtin" and not builtin_available():
         loaded = _fallback_builtin(attn_implementation)
     else:
@@ -119,10 +123,28 @@ def _from_pretrained(name: str, path: str, attn_implementation: str, trust_remot
         raise UserError(f"cannot load model {name!r} as a {where}: {first}") from None
     fam = family_for(model.config)
     info = {"model_path": str(Path(path).resolve()) if local else path, "builtin_stand_in": False}
-    weights = Path(path) / "model.safetensors"
-    if weights.is_file():
-        info["model_sha256"] = _sha256(weights)
+    info["model_sha256"] = weights_hash(Path(path)) if local else _hub_revision(model)
     return Loaded(model, tok, fam, name, info)
+
+
+def weights_hash(path: Path) -> str | None:
+    """SHA-256 over every weight file of a local checkpoint: one file, or a sharded one's index and all its
+    shards (name and hash each), so that changed weights never resume a run made with others."""
+    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.safetensors.index.json"))
+    if not files:
+        return None
+    if len(files) == 1:
+        return _sha256(files[0])
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}:{_sha256(f)}\n".encode())
+    return h.hexdigest()
+
+
+def _hub_revision(model) -> str | None:
+    """A hub model is identified by the commit its files came from (HF records it on the config)."""
+    commit = getattr(model.config, "_commit_hash", None)
+    return f"hub-commit:{commit}" if commit else None
 
 
 def _hub_reachable() -> bool:

@@ -10,6 +10,7 @@ or distributed run equals an uninterrupted local one row for row.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -50,12 +51,13 @@ def run_cells(cells: Sequence[Cell], executor=None, desc: str | None = None) -> 
                 bar.update(1)
 
             stats = executor.map(jobs, on_result) if jobs else {"executor": getattr(executor, "name", "local")}
-        for cell in cells:
-            _finish(cell, stats)
+        ran = {j.cell for j in jobs}
+        for key, cell in zip(keys, cells, strict=True):
+            _finish(cell, stats, rerun=key not in ran)
     return [c.out for c in cells]
 
 
-def _finish(cell: Cell, stats: dict) -> None:
+def _finish(cell: Cell, stats: dict, rerun: bool = False) -> None:
     study, spec, out = cell.study, cell.spec, cell.out
     shards = rundir.shard_dir(out)
     records = pd.concat([pd.read_parquet(shards / f"{u.id}.parquet") for u in cell.units], ignore_index=True)
@@ -70,7 +72,17 @@ def _finish(cell: Cell, stats: dict) -> None:
     retries = {unit: n for (key, unit), n in stats.get("retries", {}).items() if key == str(out)}
     extra["executor"] = {**{k: v for k, v in stats.items() if k != "retries"},
                          **({"retries": retries} if "retries" in stats else {})}
-    rundir.write_manifest(out, rundir.manifest(spec, cell.info, cell.started, extra))
+    manifest = rundir.manifest(spec, cell.info, cell.started, extra)
+    old = out / "manifest.json"
+    if rerun and old.is_file():  # nothing ran: keep the time the run took, say when it was re-rendered
+        try:
+            before = json.loads(old.read_text(encoding="utf-8"))
+            manifest.update(wall_time_s=before["wall_time_s"], finished_at=before["finished_at"],
+                            executor=before.get("executor", manifest["executor"]),
+                            rerendered_at=manifest["finished_at"])
+        except (ValueError, KeyError):
+            pass
+    rundir.write_manifest(out, manifest)
 
 
 def run_study(study: Study, spec: RunSpec, out: Path, executor=None) -> Path:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from iclft import UserError
+from iclft import UserError, quiet_libraries
 from iclft.studies.protocol import Unit
 
 log = logging.getLogger(__name__)
@@ -127,11 +127,9 @@ _WORKER: dict = {}  # in a worker process: the cell whose context it holds, and 
 
 def _pool_init(threads: int) -> None:
     import torch
-    import transformers
 
     torch.set_num_threads(threads)
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
+    quiet_libraries()
 
 
 def _pool_run(job: Job) -> pd.DataFrame:
