@@ -104,7 +104,9 @@ def _fails_cleanly(args, tmp_path, match):
 
 
 def test_unknown_model(tmp_path):
-    _fails_cleanly(["--model", "no-such-model"], tmp_path, "unknown model")
+    _fails_cleanly(["--model", "./no-such-model"], tmp_path, "unknown model")
+    # a bare name is a hub id (gpt2): offline it fails on the hub, not as "not a hub id"
+    _fails_cleanly(["--model", "no-such-model"], tmp_path, "no-such-model")
 
 
 def test_malformed_yaml(tmp_path):

@@ -252,9 +252,17 @@ def pretrain(
 ):
     """Reproduce the built-in model from a seed (CPU, resumable)."""
     _setup_logging()
+    import json
+
     from iclft.builtin.pretrain import pretrain as run_pretrain
 
-    typer.echo(f"model: {run_pretrain(out, seed=seed, minutes=minutes)}")
+    final = run_pretrain(out, seed=seed, minutes=minutes)
+    meta_file = final / "pretrain_meta.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    if not meta.get("complete"):
+        typer.echo(f"incomplete: stopped at step {meta.get('step', '?')} by the --minutes {minutes:g} cap; rerun the "
+                   "same command to resume (the model below is a snapshot, not the finished model)", err=True)
+    typer.echo(f"model: {final}")
 
 
 @app.command()

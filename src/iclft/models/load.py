@@ -104,9 +104,9 @@ def _blocks(loaded: Loaded):
 
 def _from_pretrained(name: str, path: str, attn_implementation: str, trust_remote_code: bool) -> Loaded:
     local = Path(path).exists()
-    if not local and ("/" not in path or path.startswith((".", "/"))):
-        # Not a directory and not shaped like a hub id ("org/name"): no reason to try the network.
-        raise UserError(f"unknown model {name!r}: not 'builtin', not a local directory, not a hub id")
+    if not local and (path.startswith((".", "/", "~")) or path.count("/") > 1 or not path.strip("/")):
+        # A filesystem path that is not there (hub ids are "name" or "org/name", e.g. gpt2): no network needed.
+        raise UserError(f"unknown model {name!r}: not 'builtin', not an existing local directory, not a hub id")
     if not local and not _hub_reachable():
         raise UserError(f"cannot load model {name!r}: not a local directory and the model hub is unreachable (offline)")
     try:
