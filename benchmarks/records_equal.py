@@ -44,6 +44,8 @@ def main() -> int:
     ap.add_argument("run_a", type=Path)
     ap.add_argument("run_b", type=Path)
     ap.add_argument("--atol", type=float, default=0.0, help="largest accepted |difference|")
+    ap.add_argument("--added-columns", action="store_true",
+                    help="accept columns RUN_B adds (new measurements): compare the columns both runs have")
     args = ap.parse_args()
     files = sorted(args.run_a.rglob("records.parquet"))
     if not files:
@@ -57,11 +59,16 @@ def main() -> int:
             print(f"{rel}: missing in {args.run_b}")
             bad += 1
             continue
-        worst, where, unequal = max_abs_diff(pd.read_parquet(fa), pd.read_parquet(fb))
+        a, b = pd.read_parquet(fa), pd.read_parquet(fb)
+        added = [c for c in b.columns if c not in a.columns]
+        if args.added_columns:
+            b = b.drop(columns=added)
+        worst, where, unequal = max_abs_diff(a, b)
         ok = worst <= args.atol and not unequal
         bad += not ok
         print(f"{rel}: {'equal' if ok else 'DIFFERENT'}  max|diff| {worst:.3g} ({where}); "
-              f"other columns that differ: {unequal or 'none'}")
+              f"other columns that differ: {unequal or 'none'}"
+              + (f"; columns added in {args.run_b}: {', '.join(added)}" if added and args.added_columns else ""))
     return 1 if bad else 0
 
 

@@ -71,3 +71,14 @@ def test_demo_query_similarity_by_hand():
     assert math.isnan(demo_query_similarity([[0.0, 0.0]], [1.0, 1.0]))
     with pytest.raises(ValueError):
         demo_query_similarity(np.ones((2, 3)), np.ones(2))
+
+
+def test_update_size_by_hand():
+    from iclft.metrics.similarity import convergence_metrics, relative_update
+
+    z = np.array([[3.0, 4.0], [0.0, 0.0]])  # ‖z‖ = 5 at layer 0; a zero state at layer 1
+    x = np.array([[3.0, 1.0], [1.0, 0.0]])  # ‖x − z‖ = 3
+    u = relative_update(z, x)
+    assert u[0] == pytest.approx(0.6) and np.isnan(u[1])
+    m = convergence_metrics(z, x, z, 2 * z)
+    assert m["u_icl"][0] == pytest.approx(0.6) and m["u_it"][0] == 0.0 and m["u_sl"][0] == pytest.approx(1.0)

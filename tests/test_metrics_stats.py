@@ -105,3 +105,15 @@ def test_paired_test_edge_cases():
     assert tiny["n"] == 1 and tiny["mean_diff"] == 1.0 and math.isnan(tiny["t_p"])
     with pytest.raises(ValueError):
         paired_test([1, 2], [1, 2, 3])
+
+
+def test_tuning_check_flags_only_a_tuning_that_moved_neither_states_nor_predictions():
+    from iclft.metrics.stats import tuning_check
+
+    iv = lambda m: {"mean": m}  # noqa: E731
+    tiny = tuning_check("IT", iv(0.05), iv(0.8), iv(0.0), "state")
+    assert tiny["barely_moved"] and tiny["update_vs_icl"] == pytest.approx(0.0625)
+    assert "IT barely changed the model" in tiny["warning"] and "5.0%" in tiny["warning"] and "80.0%" in tiny["warning"]
+    assert not tuning_check("IT", iv(0.05), iv(0.8), iv(0.25), "state")["barely_moved"]  # predictions moved
+    assert not tuning_check("IT", iv(0.4), iv(0.8), iv(0.0), "state")["barely_moved"]  # states moved
+    assert not tuning_check("IT", iv(0.05), iv(float("nan")), iv(0.0), "state")["barely_moved"]  # cannot tell

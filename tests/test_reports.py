@@ -67,7 +67,7 @@ def test_index_answers_the_question(all_quick):
     html = (all_quick / "report.html").read_text()
     rows = list(csv.reader((all_quick / "headlines.csv").open()))
     n_heads = sum(len(json.loads((all_quick / s / "summary.json").read_text())["headlines"]) for s in STUDIES)
-    assert len(rows) == n_heads + 1 and rows[0][-1] == "verdict"
+    assert len(rows) == n_heads + 1 and rows[0][5] == "verdict" and rows[0][6] == "caveat"
     assert html.count(TOO_FEW) + html.count("too few F→T queries to tell") == n_heads
     for study in STUDIES:
         assert f'href="{study}/report.html"' in html
@@ -82,6 +82,7 @@ def test_study_reports_carry_methods_and_data(all_quick):
                      "exact spec (spec.yaml)", 'class="tok"', "data:text/csv;base64,", "Preset <b>quick</b>",
                      "Wilson", "Fisher z"):
             assert text in html, (study, text)
+        assert "href='metrics.html'" in html and "Rec2FTP" in (out / "metrics.html").read_text()
         sha = json.loads((out / "manifest.json").read_text())["model"]["model_sha256"]
         assert sha[:16] in html
         examples = json.loads((out / "examples.json").read_text())
@@ -108,3 +109,85 @@ def test_report_rerenders_a_run_all_directory_and_keeps_wall_time(all_quick):
     for s in STUDIES:
         m = json.loads((all_quick / s / "manifest.json").read_text())
         assert m["wall_time_s"] == wall[s] and "rerendered_at" in m
+
+
+def test_the_shipped_metric_definitions_are_the_projects():
+    """Reports link the METRICS.md inside the package; it must not drift from the project's reference (iclft's own
+    additions follow it)."""
+    from pathlib import Path
+
+    from iclft.report.html import METRICS_MD
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "METRICS.md"
+    if not shared.is_file():
+        pytest.skip("the project's shared METRICS.md is not beside this clone")
+    shipped = METRICS_MD.read_text(encoding="utf-8")
+    assert shipped.startswith(shared.read_text(encoding="utf-8"))  # the project's text, then iclft's additions
+    assert "## Additions by iclft" in shipped
+
+
+def test_every_figure_is_a_300_dpi_png_with_an_svg_and_labelled_axes(all_quick):
+    from PIL import Image
+
+    for study in STUDIES:
+        pngs = sorted((all_quick / study / "figures").glob("*.png"))
+        assert len(pngs) >= 2, study
+        for png in pngs:
+            assert png.with_suffix(".svg").is_file(), png
+            assert round(Image.open(png).info["dpi"][0]) == 300, png
+            assert f"{png.stem}.svg" in (all_quick / study / "report.html").read_text()
+    svg = (all_quick / "convergence" / "figures" / "similarity_by_layer.svg").read_text()
+    for label in ("layer", "cosine similarity", "update size"):  # text stays text (svg.fonttype none)
+        assert label in svg
+
+
+def test_save_refuses_a_figure_with_an_unlabelled_axis(tmp_path):
+    from iclft.report.figures import plt, save
+
+    fig, (a, b) = plt.subplots(1, 2)
+    a.set_xlabel("layer")
+    a.set_ylabel("cosine")
+    b.set_xlabel("k")  # no y label
+    with pytest.raises(ValueError, match="unlabelled axes"):
+        save(fig, tmp_path / "f.png")
+    assert not list(tmp_path.iterdir())
+
+
+def test_quick_banner_on_every_page_of_a_quick_run_and_only_there(all_quick, tmp_path):
+    import shutil
+
+    import yaml
+
+    from iclft.registry import rerender
+
+    for page in [all_quick / "report.html", *(all_quick / s / "report.html" for s in STUDIES)]:
+        assert "Quick run: preset quick" in page.read_text() and "not for citation" in page.read_text(), page
+    # the same records as a full-size run: no banner
+    big = tmp_path / "convergence"
+    shutil.copytree(all_quick / "convergence", big)
+    spec = yaml.safe_load((big / "spec.yaml").read_text())
+    spec["preset"] = "default"
+    (big / "spec.yaml").write_text(yaml.safe_dump(spec))
+    summary = json.loads((big / "summary.json").read_text())
+    summary["n_seeds"] = 5  # what a default-size run has
+    (big / "summary.json").write_text(json.dumps(summary))
+    rerender(big)
+    assert "banner" not in (big / "report.html").read_text()
+
+
+def test_tuning_that_barely_moved_the_model_is_flagged_with_numbers(all_quick):
+    conv = json.loads((all_quick / "convergence" / "summary.json").read_text())
+    dual = json.loads((all_quick / "dual" / "summary.json").read_text())
+    checks = conv["tuning"] + dual["tuning"]
+    assert [t["setting"] for t in checks] == ["IT", "SL", "FT-KV"]
+    for t in checks:
+        assert t["update"]["mean"] >= 0 and t["update_icl"]["mean"] > 0 and 0 <= t["changed"]["mean"] <= 1
+        assert t["barely_moved"] == (t["update_vs_icl"] < 0.1 and t["changed"]["mean"] < 0.02)
+        assert (t["warning"] is not None) == t["barely_moved"]
+    for study, summary in (("convergence", conv), ("dual", dual)):
+        html = (all_quick / study / "report.html").read_text()
+        for t in summary["tuning"]:
+            if t["barely_moved"]:
+                assert "barely changed the model" in html and 'class="warn"' in html
+                assert any(h["caveat"] for h in summary["headlines"])
+    assert "update size" in (all_quick / "convergence" / "report.html").read_text()

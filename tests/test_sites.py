@@ -48,6 +48,8 @@ def test_attn_z_through_o_proj_equals_attn_out(kind, last, tiny_models, tok):
         for z, out in zip(zs, outs, strict=True):
             with torch.no_grad():
                 again = o_proj(z.flatten(-2))  # (.., heads, d_head) -> (.., heads * d_head)
+                if fam.attn_resid:  # Gemma2: the post-attention norm sits between o_proj and the residual
+                    again = get_module(block, fam.attn_resid)(again)
             torch.testing.assert_close(again, out, atol=1e-5, rtol=0)
 
 
@@ -107,3 +109,24 @@ def test_padding_layouts():
     assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 1]]
     assert pos.tolist() == [[3, 4], [3, 3]]
     assert length_batches([[1, 2], [1], [1, 2, 3], [4]], 2) == [[1, 3], [0, 2]]
+
+
+@pytest.mark.parametrize("kind", ["llama", "mistral", "gemma2", "gpt2"])
+def test_attn_scores_softmax_is_the_models_attention(kind, tok):
+    """attn.scores is what attention softmaxes: HF's eager attention weights come back from it (Gemma2's logit
+    soft-capping and query_pre_attn_scalar included)."""
+    from iclft.models.toy import tiny_model
+
+    model = tiny_model(kind, len(tok), seed=3, attn_implementation="eager")
+    fam = family_for(model.config)
+    L = len(blocks_of(model, fam))
+    if kind == "gemma2":  # a cap that bites on random weights (the tiny config's 50 would not)
+        for block in blocks_of(model, fam):
+            get_module(block, fam.attn).attn_logit_softcapping = 0.05
+    prompt = random_prompts(1, len(tok), seed=5, lo=12, hi=12)[0]
+    cap = capture(model, fam, [prompt], site_names(L, ("attn.scores",)), pad_id=tok.pad_token_id, last=True)
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor([prompt]), output_attentions=True).attentions
+    for layer in range(L):
+        got = torch.softmax(cap.acts[f"blocks.{layer}.attn.scores"][0], dim=-1)
+        torch.testing.assert_close(got, ref[layer][0, :, -1].float(), atol=1e-5, rtol=0)

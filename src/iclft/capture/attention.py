@@ -44,17 +44,22 @@ class AttentionRecord:
     rope: dict[int, tuple | None] = field(default_factory=dict)  # layer -> (cos, sin) of the current pass
     keys: dict[int, torch.Tensor] = field(default_factory=dict)
     scaling: dict[int, float] = field(default_factory=dict)
+    softcap: dict[int, float | None] = field(default_factory=dict)  # Gemma2: scores are cap·tanh(s / cap)
 
     def clear(self) -> None:
         self.queries.clear()
         self.queries_pre.clear()
         self.keys.clear()
         self.scaling.clear()
+        self.softcap.clear()
 
     def scores_last(self, layer: int) -> torch.Tensor:
-        """Pre-softmax, pre-mask q·k·scale of the last query position: (batch, heads, n_keys), float32."""
+        """Pre-softmax, pre-mask q·k·scale (soft-capped where the model caps it) of the last query position:
+        (batch, heads, n_keys), float32."""
         q = self.queries[layer][:, :, -1]
-        return torch.einsum("bhd,bhkd->bhk", q.float(), self.keys[layer].float()) * self.scaling[layer]
+        s = torch.einsum("bhd,bhkd->bhk", q.float(), self.keys[layer].float()) * self.scaling[layer]
+        cap = self.softcap.get(layer)
+        return s if cap is None else torch.tanh(s / cap) * cap
 
 
 def _recording_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
@@ -73,6 +78,7 @@ def _recording_attention(module, query, key, value, attention_mask, scaling=None
                 n_rep = query.shape[1] // key.shape[1]
                 rec.keys[layer] = (key.repeat_interleave(n_rep, dim=1) if n_rep > 1 else key).detach()
             rec.scaling[layer] = float(scaling if scaling is not None else query.shape[-1] ** -0.5)
+            rec.softcap[layer] = kw.get("softcap")
     if impl == "eager":
         fn = sys.modules[type(module).__module__].eager_attention_forward
     else:

@@ -123,9 +123,12 @@ def capture(
 
 
 def _scores(rec, layer: int) -> torch.Tensor:
-    """q·k·scale from the recorded attention queries and keys: (batch, heads, q_len, keys), float32."""
+    """q·k·scale (soft-capped like the model) from the recorded queries and keys: (batch, heads, q_len, keys),
+    float32."""
     q, k = rec.queries[layer].float(), rec.keys[layer].float()
-    return torch.matmul(q, k.transpose(-1, -2)) * rec.scaling[layer]
+    s = torch.matmul(q, k.transpose(-1, -2)) * rec.scaling[layer]
+    cap = rec.softcap.get(layer)
+    return s if cap is None else torch.tanh(s / cap) * cap
 
 
 def _split(t: torch.Tensor, kind: str, lens: list[int], width: int, last: bool) -> list[torch.Tensor]:

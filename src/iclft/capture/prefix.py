@@ -61,6 +61,8 @@ def cache_of(model, kv, batch: int | None = None) -> DynamicCache:
             and getattr(layer, "is_initialized", True) for layer in layers):
         for layer, (k, v) in zip(layers, kv, strict=True):
             layer.keys, layer.values = grow(k), grow(v)
+            if hasattr(layer, "cumulative_length"):  # sliding-window layers size their masks from it
+                layer.cumulative_length = k.shape[-2]
         return cache
     return DynamicCache(ddp_cache_data=[(grow(k), grow(v)) for k, v in kv], config=model.config)
 

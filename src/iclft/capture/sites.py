@@ -35,13 +35,16 @@ SITES: dict[str, Site] = {
     for s in [
         Site("resid_post", None, "output", last_layer="final_norm",
              doc="output of block l; for the last block, after the final norm (HF's last hidden state)"),
-        Site("attn.out", "attn", "output", doc="attention output after the output projection, before the residual add"),
+        Site("attn.out", "attn_out", "output",
+             doc="what attention adds to the residual stream: its output after the output projection (Gemma2: "
+                 "after the post-attention norm)"),
         Site("attn.z", "o_proj", "input", heads=True,
-             doc="per-head input of the attention output projection: (heads, d_head); o_proj of it is attn.out"),
-        Site("mlp.out", "mlp", "output", doc="MLP output before the residual add"),
+             doc="per-head input of the attention output projection: (heads, d_head); o_proj of it is attn.out "
+                 "(Gemma2: before the post-attention norm)"),
+        Site("mlp.out", "mlp", "output", doc="what the MLP adds to the residual stream (Gemma2: after its norm)"),
         Site("attn.scores", "attn", "attention",
-             doc="pre-softmax, pre-mask q·k·scale per query head (GQA: each head uses its KV group), over all "
-                 "non-padding keys"),
+             doc="pre-softmax, pre-mask q·k·scale (Gemma2: soft-capped) per query head (GQA: each head uses its "
+                 "KV group), over all non-padding keys"),
         Site("attn.q", "attn", "attention", heads=True, doc="attention query after RoPE, as attention sees it"),
         Site("attn.q_pre", "attn", "attention", heads=True,
              doc="attention query before RoPE: a function of the token alone (= attn.q without RoPE)"),

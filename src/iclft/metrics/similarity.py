@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-CONVERGENCE_KEYS = ("s_anchor_icl", "s_anchor_it", "s_icl_it", "s_icl_sl", "d_icl_it", "d_icl_sl")
+CONVERGENCE_KEYS = ("s_anchor_icl", "s_anchor_it", "s_icl_it", "s_icl_sl", "d_icl_it", "d_icl_sl",
+                    "u_icl", "u_it", "u_sl")
 
 
 def to_float64(x: Any) -> np.ndarray:
@@ -43,7 +44,9 @@ def convergence_metrics(h_zsl: Any, h_icl: Any, h_it: Any, h_sl: Any) -> dict[st
 
     - `s_anchor_icl = cos(h_ZSL, h_ICL)`, `s_anchor_it = cos(h_ZSL, h_IT)`,
       `s_icl_it = cos(h_ICL, h_IT)`, `s_icl_sl = cos(h_ICL, h_SL)`;
-    - `d_icl_it = cos(h_ICL − h_ZSL, h_IT − h_ZSL)`, `d_icl_sl = cos(h_ICL − h_ZSL, h_SL − h_ZSL)`.
+    - `d_icl_it = cos(h_ICL − h_ZSL, h_IT − h_ZSL)`, `d_icl_sl = cos(h_ICL − h_ZSL, h_SL − h_ZSL)`;
+    - update sizes `u_x = ‖h_x − h_ZSL‖ / ‖h_ZSL‖` for x = ICL, IT, SL: how far each setting moved the state
+      (a cosine between two changes says nothing when one of them is ~0).
 
     A layer where a difference vector is exactly zero (e.g. ICL left the state unchanged) gives NaN.
     """
@@ -61,7 +64,16 @@ def convergence_metrics(h_zsl: Any, h_icl: Any, h_it: Any, h_sl: Any) -> dict[st
         "s_icl_sl": np.asarray(cosine(icl, sl)),
         "d_icl_it": np.asarray(cosine(d_icl, it - z)),
         "d_icl_sl": np.asarray(cosine(d_icl, sl - z)),
+        "u_icl": relative_update(z, icl), "u_it": relative_update(z, it), "u_sl": relative_update(z, sl),
     }
+
+
+def relative_update(h_ref: Any, h: Any) -> np.ndarray:
+    """‖h − h_ref‖ / ‖h_ref‖ along the last dim (float64); NaN where h_ref is zero."""
+    ref, x = to_float64(h_ref), to_float64(h)
+    norm = np.linalg.norm(ref, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(norm > 0, np.linalg.norm(x - ref, axis=-1) / np.where(norm > 0, norm, 1.0), np.nan)
 
 
 def l2_normalise(x: Any) -> np.ndarray:

@@ -157,6 +157,9 @@ QUANTITIES: dict[str, Quantity] = {
     "kendall": MEAN_TAU, "kendall_random": MEAN_TAU,
     "rec2ftp": PROPORTION, "accuracy": PROPORTION, "update_ratio": POSITIVE,
     # implicit patterns
+    # update size ‖h_x − h_ZSL‖ / ‖h_ZSL‖ (every study) and the share of predictions a setting changed
+    **{f"u_{x}": POSITIVE for x in ("icl", "it", "sl", "ft")},
+    **{f"changed_{x}": PROPORTION for x in ("icl", "it", "sl", "ft")},
     "shift_cosine": DISTANCE, "shift_jaccard": UNIT, "patching_spearman": MEAN_TAU, "speedup": POSITIVE,
     "acc_diff": DIFF_PROPORTION, "loss": POSITIVE,
 }
@@ -285,12 +288,13 @@ def verdict(test: dict, p_adjusted: float | None, direction: int = 1) -> str:
 
 
 def headline(claim: str, metric: str, value: dict, paper: str, test: dict | None = None, direction: int = 1,
-             threshold: float | None = None) -> dict:
+             threshold: float | None = None, percent: bool = False) -> dict:
     """One headline finding of a study: the claim a paper makes, this run's value, the paper's value and the test
     behind the verdict (filled in by `judge`). With no test, the claim is `value > threshold` read off the
-    interval (used where the paper states a level, not a comparison)."""
+    interval (used where the paper states a level, not a comparison). `percent`: shown ×100 with "%", as the
+    paper prints it. A study may add a `caveat` (e.g. the tuning compared barely changed the model)."""
     return {"claim": claim, "metric": metric, "value": value, "paper": paper, "test": test, "direction": direction,
-            "threshold": threshold}
+            "threshold": threshold, "percent": percent, "caveat": None}
 
 
 def judge(headlines: list[dict]) -> list[dict]:
@@ -311,3 +315,26 @@ def judge(headlines: list[dict]) -> list[dict]:
 MULTIPLICITY = ("p-values of a study's headline tests are Holm-adjusted together; a verdict needs at least "
                 f"{MIN_SEEDS} seeds, non-zero variance, an interval of the effect that excludes 0 on the claimed "
                 f"side and an adjusted p < {ALPHA}")
+
+
+# A tuning "barely changed the model" when both hold (iclft's rule; stated in every warning it raises).
+TINY_UPDATE = 0.1  # its last-layer update is under a tenth of ICL's (‖Δh‖/‖h_ZSL‖)
+TINY_CHANGED = 0.02  # and it changed under 2% of zero-shot's predictions
+
+
+def tuning_check(name: str, update: dict, update_icl: dict, changed: dict, what: str) -> dict:
+    """Did the tuning `name` move the model enough for its comparison with ICL to mean something? `update`,
+    `update_icl`: intervals of ‖h − h_ZSL‖/‖h_ZSL‖ at the last layer; `changed`: interval of the share of
+    queries whose prediction differs from zero-shot's. Returns the numbers, `barely_moved` and a warning."""
+    u, ui, c = update.get("mean"), update_icl.get("mean"), changed.get("mean")
+    ratio = u / ui if u == u and ui == ui and ui else float("nan")
+    barely = bool(ratio == ratio and ratio < TINY_UPDATE and c == c and c < TINY_CHANGED)
+    warning = None
+    if barely:
+        warning = (f"{name} barely changed the model: it moved the last-layer {what} by {100 * u:.1f}% of its norm "
+                   f"(ICL: {100 * ui:.1f}%) and changed {100 * c:.1f}% of zero-shot's predictions (iclft flags a tuning "
+                   f"under {100 * TINY_UPDATE:g}% of ICL's update that changes under {100 * TINY_CHANGED:g}% of "
+                   f"the predictions). Its similarity to ICL says little: train it harder (more steps or a larger "
+                   "learning rate) before reading the comparisons that involve it.")
+    return {"setting": name, "update": update, "update_icl": update_icl, "update_vs_icl": ratio,
+            "changed": changed, "barely_moved": barely, "warning": warning}

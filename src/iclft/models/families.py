@@ -31,6 +31,14 @@ class Family:
     lora_targets: tuple[str, ...] = ()  # PEFT `target_modules` (module-name suffixes)
     kv_heads_attr: str | None = None  # config attribute holding the number of KV groups (GQA)
     conv1d: bool = False  # projections are GPT-2 Conv1D, weight (in, out) (PEFT's `fan_in_fan_out`)
+    # Module whose output attention adds to the residual stream, where that is not `attn` itself (Gemma2
+    # normalises attention's output first; its `mlp` row is likewise the post-feed-forward norm).
+    attn_resid: str | None = None
+    eager_only: bool = False  # attention runs only in the eager implementation (Gemma2's logit soft-capping)
+
+    @property
+    def attn_out(self) -> str:
+        return self.attn_resid or self.attn
 
 
 _LLAMA_LIKE = dict(
@@ -52,6 +60,8 @@ FAMILIES: dict[str, Family] = {
     for f in [
         Family(name="llama", model_types=("llama", "qwen2", "mistral"), **_LLAMA_LIKE),
         Family(name="gemma", model_types=("gemma",), **_LLAMA_LIKE),
+        Family(name="gemma2", model_types=("gemma2",), **{**_LLAMA_LIKE, "mlp": "post_feedforward_layernorm"},
+               attn_resid="post_attention_layernorm", eager_only=True),
         Family(
             name="gpt2",
             model_types=("gpt2",),

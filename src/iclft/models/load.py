@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from iclft import UserError
 from iclft.models.families import Family, family_for
@@ -37,11 +37,16 @@ class Loaded:
 
     @property
     def max_len(self) -> int:
+        """The longest prompt every layer attends over whole: the position limit, or a sliding attention window
+        if shorter (Mistral, Gemma2): past it a token no longer sees the demonstrations the metrics attribute
+        to it, and a cached prefix no longer holds every key."""
         cfg = self.model.config
-        for attr in ("max_position_embeddings", "n_positions"):
-            if getattr(cfg, attr, None):
-                return int(getattr(cfg, attr))
-        return 2048
+        n = next((int(getattr(cfg, a)) for a in ("max_position_embeddings", "n_positions") if getattr(cfg, a, None)),
+                 2048)
+        window = getattr(cfg, "sliding_window", None)
+        if window and getattr(cfg, "use_sliding_window", True):  # Qwen2 declares a window it does not use
+            n = min(n, int(window))
+        return n
 
 
 def builtin_available() -> bool:
@@ -110,6 +115,11 @@ def _from_pretrained(name: str, path: str, attn_implementation: str, trust_remot
     if not local and not _hub_reachable():
         raise UserError(f"cannot load model {name!r}: not a local directory and the model hub is unreachable (offline)")
     try:
+        # The config first: an unsupported family is refused before any weights are read.
+        fam = family_for(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code))
+        if fam.eager_only and attn_implementation != "eager":
+            log.warning("%s: %s attention needs the eager implementation; using it", name, fam.name)
+            attn_implementation = "eager"
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             path,
@@ -121,7 +131,6 @@ def _from_pretrained(name: str, path: str, attn_implementation: str, trust_remot
         where = "local path" if local else "hub id (is the network or HF cache available?)"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load model {name!r} as a {where}: {first}") from None
-    fam = family_for(model.config)
     info = {"model_path": str(Path(path).resolve()) if local else path, "builtin_stand_in": False}
     info["model_sha256"] = weights_hash(Path(path)) if local else _hub_revision(model)
     return Loaded(model, tok, fam, name, info)

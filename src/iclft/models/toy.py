@@ -13,6 +13,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from iclft.models.families import FAMILIES
+
 SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>"]
 
 
@@ -46,8 +48,15 @@ TINY_CONFIGS: dict[str, dict] = {
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024),
     "qwen2": dict(model_type="qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024),
+    # Mistral: Llama's layout with a sliding attention window (longer than the tests' prompts)
+    "mistral": dict(model_type="mistral", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, sliding_window=256),
     "gemma": dict(model_type="gemma", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=1024),
+    # Gemma2: post-attention / post-MLP norms, soft-capped attention logits, alternating sliding-window layers
+    "gemma2": dict(model_type="gemma2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
+                   sliding_window=512, query_pre_attn_scalar=16, attn_logit_softcapping=50.0),
     "gpt2": dict(model_type="gpt2", n_embd=64, n_layer=3, n_head=4, n_positions=1024),
     "gpt_neox": dict(model_type="gpt_neox", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                      num_attention_heads=4, max_position_embeddings=1024),
@@ -59,6 +68,8 @@ TINY_CONFIGS: dict[str, dict] = {
 def tiny_model(kind: str, vocab_size: int, seed: int = 0, attn_implementation: str = "sdpa"):
     cfg = dict(TINY_CONFIGS[kind])
     model_type = cfg.pop("model_type")
+    if any(f.eager_only for f in FAMILIES.values() if model_type in f.model_types):
+        attn_implementation = "eager"
     config = AutoConfig.for_model(model_type, vocab_size=vocab_size, pad_token_id=0, bos_token_id=2,
                                   eos_token_id=3, **cfg)
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG

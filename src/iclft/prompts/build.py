@@ -35,6 +35,7 @@ class PromptBuilder:
         self.tok = tokenizer
         self.task = task
         self.max_len = max_len
+        self._lengths: dict[str, int] = {}
         bos = getattr(tokenizer, "bos_token_id", None)
         self.prefix = [bos] if bos is not None else []
         self.label_token_ids: list[int] | None = None
@@ -88,11 +89,71 @@ class PromptBuilder:
         add(t.query_text(query), "query")
         prompt = Prompt(ids, roles, spans, (qstart, len(ids)))
         if self.max_len is not None and len(prompt) > self.max_len:
-            raise UserError(
-                f"a prompt with {len(demos)} demonstrations has {len(prompt)} tokens, more than the model's "
-                f"context window ({self.max_len}); use fewer demonstrations"
-            )
+            n_query, n_demos = len(ids) - qstart, qstart - len(self.prefix) - (
+                len(self._enc(t.instruction)) + len(self._enc(t.separator)) if instruction and t.instruction else 0)
+            cause = (f"the query alone has {n_query} tokens" if len(prompt) - n_demos > self.max_len
+                     else f"{len(demos)} demonstrations take {n_demos} tokens and the query {n_query}; "
+                     "use fewer demonstrations")
+            raise UserError(f"a prompt has {len(prompt)} tokens, more than the model's context window "
+                            f"({self.max_len}): {cause}")
         return prompt
+
+    def fit(self, queries: list[Example], demo_pools: list[tuple[list[Example], Task]], k: int
+            ) -> tuple[int, list[Example], list[list[Example]]]:
+        """Skip the fewest, longest examples such that any k demonstrations (from any of `demo_pools`, each
+        rendered with its task's template) fit before any query, with the instruction: every prompt a study can
+        draw then fits, whatever the seed. Returns (token cap per example, kept queries, kept pools).
+
+        An example's cost is what it adds to a prompt: a query its templated text, a demonstration its text,
+        answer prefix, longest label word and separator. Nothing is skipped when the worst case already fits.
+        """
+        if self.max_len is None:
+            return 0, queries, [p for p, _ in demo_pools]
+        t = self.task
+        overhead = len(self.prefix) + (len(self._enc(t.instruction)) + len(self._enc(t.separator))
+                                       if t.instruction else 0)
+
+        def costs(texts: list[str]) -> list[int]:
+            new = [x for x in dict.fromkeys(texts) if x not in self._lengths]
+            if new:  # one batched call: tokenizing a 38k-example split one text at a time takes seconds
+                ids = self.tok(new, add_special_tokens=False, verbose=False)["input_ids"]
+                self._lengths.update((x, len(i)) for x, i in zip(new, ids, strict=True))
+            return [self._lengths[x] for x in texts]
+
+        q_cost = costs([t.query_text(q) for q in queries])
+        pools = []
+        for pool, task in demo_pools:
+            labels = task.label_words or sorted({e.label for e in pool})
+            tail = max((len(self._enc(task.answer_prefix + w)) for w in labels), default=0)
+            tail += len(self._enc(t.separator))
+            pools.append([c + tail for c in costs([task.query_text(e) for e in pool])])
+
+        def fits(cap: int) -> bool:
+            qs = [c for c in q_cost if c <= cap]
+            if not qs:
+                return False
+            worst = 0
+            for cs in pools:
+                kept = sorted(c for c in cs if c <= cap)
+                if len(kept) < k:
+                    return False
+                worst = max(worst, sum(kept[len(kept) - k:]))
+            return overhead + max(qs) + worst <= self.max_len
+
+        caps = sorted(set(q_cost).union(*pools), reverse=True)
+        cap = next((c for c in caps if fits(c)), None)
+        if cap is None:
+            shortest_q = min(q_cost)
+            shortest_d = max(sum(sorted(cs)[:k]) for cs in pools) if pools else 0
+            cause = (f"the shortest query alone ({shortest_q} tokens) does not fit" if overhead + shortest_q
+                     > self.max_len else f"even the {k} shortest demonstrations take {shortest_d} tokens and the "
+                     f"shortest query {shortest_q}")
+            raise UserError(f"no prompt with {k} demonstrations fits the model's context window ({self.max_len} "
+                            f"tokens): {cause}; use fewer demonstrations")
+        kept_q = [q for q, c in zip(queries, q_cost, strict=True) if c <= cap]
+        kept = [[e for e, c in zip(pool, cs, strict=True) if c <= cap] for (pool, _), cs in zip(demo_pools, pools,
+                                                                                                 strict=True)]
+        return cap, kept_q, kept
 
     def training_ids(self, ex: Example, label: str | None = None, instruction: bool = True, demo_task=None):
         """(ids, answer_mask) of one templated demonstration for tuning: [instruction] + input + answer."""

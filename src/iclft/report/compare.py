@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from iclft import UserError  # noqa: E402
+from iclft.metrics.stats import MIN_SEEDS
 from iclft.report import html as H  # noqa: E402
 from iclft.rundir import atomic_write_bytes, atomic_write_text  # noqa: E402
 
@@ -51,7 +52,8 @@ def collect(runs: list[Path], root: Path | None = None) -> list[dict]:
                          "model": model.get("model"), "n_params": model.get("n_params"),
                          "seeds": summary.get("n_seeds"), "claim": h["claim"], "metric": h["metric"],
                          "mean": v.get("mean"), "ci_low": v.get("ci_low"), "ci_high": v.get("ci_high"),
-                         "paper": h.get("paper"), "verdict": h.get("verdict"), "path": str(run)})
+                         "paper": h.get("paper"), "verdict": h.get("verdict"), "caveat": h.get("caveat") or "",
+                         "path": str(run)})
     return rows
 
 
@@ -79,7 +81,10 @@ def write_compare(out: Path, paths: list[Path], title: str = "iclft — runs com
     w.writerows(rows)
     atomic_write_text(out / "compare.csv", buf.getvalue())
 
-    parts = ["<p>Each study's headline claims (rows) in every run (columns): the value with its 95% interval across "
+    small = sorted({r["run"] for r in rows if (r["seeds"] or 0) < MIN_SEEDS})
+    parts = [H.small_run_banner("small", 0, f"{len(small)} of the runs compared have fewer seeds "
+                                f"({', '.join(small)})") if small else "",
+             "<p>Each study's headline claims (rows) in every run (columns): the value with its 95% interval across "
              "seeds and the verdict. Runs are ordered by model size. Figures plot each headline metric against "
              "model size. <a href=\"compare.csv\">compare.csv</a> holds every number.</p>"]
     for study in dict.fromkeys(r["study"] for r in rows):
@@ -103,7 +108,7 @@ def write_compare(out: Path, paths: list[Path], title: str = "iclft — runs com
                 link = Path(r["path"]).relative_to(out) if Path(r["path"]).is_relative_to(out) else Path(r["path"])
                 row.append(f'<a href="{H.esc(link / "report.html")}">'
                            f'{H.esc(H.fmt_ci(dict(mean=r["mean"], ci_low=r["ci_low"], ci_high=r["ci_high"])))}'
-                           f'</a><br>{H.verdict_badge(r["verdict"])}')
+                           f'</a><br>{H.verdict_cell(r)}')
             table.append(row)
         parts += [f"<h2>{H.esc(study)}</h2>", H.raw_table(head, table)]
         fig = _size_figure(srows, study)

@@ -9,54 +9,70 @@ import pandas as pd
 
 from iclft.metrics.stats import MULTIPLICITY
 from iclft.report import html as H
-from iclft.report.figures import band, clamp_ylim, errbar, plt, save
+from iclft.report.figures import COLORS, band, clamp_ylim, errbar, plt, save
 from iclft.rundir import atomic_write_text
 
 PAIRS = {
     "s_anchor_icl": "cos(ZSL, ICL)", "s_anchor_it": "cos(ZSL, IT)", "s_icl_it": "cos(ICL, IT)",
     "s_icl_sl": "cos(ICL, SL)", "d_icl_it": "cos(ICL−ZSL, IT−ZSL)", "d_icl_sl": "cos(ICL−ZSL, SL−ZSL)",
 }
+UPDATES = {"u_icl": "ICL", "u_it": "IT", "u_sl": "SL"}
+# A pair's colour is the setting compared (Okabe–Ito, the same in every report); dashed: compared with ZSL.
+STYLE = {"s_anchor_icl": dict(color=COLORS["icl"], ls="--"), "s_anchor_it": dict(color=COLORS["it"], ls="--"),
+         "s_icl_it": dict(color=COLORS["it"]), "s_icl_sl": dict(color=COLORS["sl"]),
+         "d_icl_it": dict(color=COLORS["it"]), "d_icl_sl": dict(color=COLORS["sl"]),
+         "u_icl": dict(color=COLORS["icl"]), "u_it": dict(color=COLORS["it"]), "u_sl": dict(color=COLORS["sl"])}
 
 
 def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
     figs = {}
     n_layers = summary["n_layers"]
     x = np.arange(n_layers)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for key in ("s_anchor_icl", "s_anchor_it", "s_icl_it", "s_icl_sl"):
-        band(axes[0], x, summary[key]["per_layer"], PAIRS[key])
+        band(axes[0], x, summary[key]["per_layer"], PAIRS[key], metric=key, **STYLE[key])
     for key in ("d_icl_it", "d_icl_sl"):
-        band(axes[1], x, summary[key]["per_layer"], PAIRS[key])
+        band(axes[1], x, summary[key]["per_layer"], PAIRS[key], metric=key, **STYLE[key])
     ctrl = summary["by_condition"].get("control")
     if ctrl:
-        axes[1].plot(x, ctrl["d_icl_it"]["per_layer_mean"], "k--", label="control: " + PAIRS["d_icl_it"])
+        axes[1].plot(x, ctrl["d_icl_it"]["per_layer_mean"], ls=":", color=COLORS["control"],
+                     label="unrelated-task control: " + PAIRS["d_icl_it"])
+    for key in UPDATES:
+        if key in summary:
+            band(axes[2], x, summary[key]["per_layer"], UPDATES[key], metric=key, **STYLE[key])
     axes[0].set_title("Raw cosine of last-token states")
     axes[1].set_title("Direction of change from ZSL")
+    axes[2].set_title("How far each setting moved the state")
     for ax in axes:
         ax.set_xlabel("layer")
         ax.set_xticks(x)
-        ax.legend(fontsize=8)
+        ax.legend()
     axes[1].axhline(0, color="grey", lw=0.5)
     axes[0].set_ylabel("cosine similarity")
     axes[1].set_ylabel("cosine of the changes")
-    for ax in axes:
+    axes[2].set_ylabel("update size ‖h − h_ZSL‖ / ‖h_ZSL‖")
+    axes[2].set_ylim(bottom=0)
+    for ax in axes[:2]:
         clamp_ylim(ax, "d_icl_it")
-    figs["similarity by layer (base condition, 95% CI over seeds)"] = save(fig, out / "figures/similarity_by_layer.png")
+    figs["similarity and update size by layer (base condition, 95% CI over seeds)"] = save(
+        fig, out / "figures/similarity_by_layer.png")
 
     last = records[(records["layer"] == n_layers - 1) & ~records["control"]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric in zip(axes, ("s_icl_it", "d_icl_it"), strict=True):
-        for sel, sub in last.groupby("selection"):
-            ax.scatter(sub["demo_query_sim"], sub[metric], s=10, alpha=0.6, label=sel)
+        for (sel, sub), marker, color in zip(last.groupby("selection"), "os^D", ("#0072B2", "#E69F00", "#009E73",
+                                                                               "#CC79A7"), strict=False):
+            ax.scatter(sub["demo_query_sim"], sub[metric], s=12, alpha=0.7, marker=marker, color=color,
+                       label=f"selection: {sel}")
         ok = last[["demo_query_sim", metric]].dropna()
         if len(ok) > 2 and ok["demo_query_sim"].std() > 0:
             slope, icpt = np.polyfit(ok["demo_query_sim"], ok[metric], 1)
             xs = np.linspace(ok["demo_query_sim"].min(), ok["demo_query_sim"].max(), 50)
-            ax.plot(xs, slope * xs + icpt, "k-", lw=1, label=f"fit: slope {slope:.3f}")
+            ax.plot(xs, slope * xs + icpt, color=COLORS["zsl"], lw=1, label=f"least-squares fit: slope {slope:.3f}")
         ax.set_xlabel("demonstration–query similarity (MiniLM cosine)")
         ax.set_ylabel(PAIRS[metric] + " at the last layer")
         clamp_ylim(ax, metric)
-        ax.legend(fontsize=8)
+        ax.legend()
     figs["convergence vs demonstration–query similarity (one point per trial)"] = save(
         fig, out / "figures/convergence_vs_similarity.png")
 
@@ -66,10 +82,19 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
                  and not d["control"]), key=lambda c: bc[c]["k"])
     kx = [bc[c]["k"] for c in ks]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for metric in ("s_icl_it", "d_icl_it", "d_icl_sl"):
-        errbar(axes[0], kx, [bc[c][metric]["last_layer"] for c in ks], PAIRS[metric])
-    for s, name in (("zsl", "ZSL"), ("icl", "ICL"), ("it", "IT"), ("sl", "SL")):
-        errbar(axes[1], kx, [bc[c][f"acc_{s}"] for c in ks], name)
+    dodge = lambda j: [k * 2 ** (0.05 * j) for k in kx]  # noqa: E731 - side by side, so equal values stay visible
+    for j, metric in enumerate(("s_icl_it", "d_icl_it", "d_icl_sl")):
+        style = dict(STYLE[metric], ls=":" if metric == "s_icl_it" else "-")
+        errbar(axes[0], dodge(j - 1), [bc[c][metric]["last_layer"] for c in ks], PAIRS[metric], metric=metric,
+               **style)
+    # ZSL does not depend on k (same queries, no demonstrations): a reference line, not a curve
+    axes[1].axhline(bc[ks[0]]["acc_zsl"]["mean"], color=COLORS["zsl"], ls="-.", lw=1.2,
+                    label="ZSL (no demonstrations, no tuning)")
+    for j, (s, name) in enumerate((("icl", "ICL"), ("it", "IT"), ("sl", "SL"))):
+        errbar(axes[1], dodge(j - 1), [bc[c][f"acc_{s}"] for c in ks], name, metric="acc", color=COLORS[s])
+    n_labels = summary.get("n_labels")
+    if n_labels:
+        axes[1].axhline(1 / n_labels, color=COLORS["chance"], ls="--", lw=1, label="chance")
     axes[0].set_title("Last-layer convergence vs number of demonstrations")
     axes[1].set_title("Accuracy (label scoring) vs k")
     axes[0].set_ylabel("cosine (last layer)")
@@ -78,8 +103,10 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
     clamp_ylim(axes[1], "acc")
     for ax in axes:
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("k")
-        ax.legend(fontsize=8)
+        ax.set_xticks(kx, [str(k) for k in kx])
+        ax.minorticks_off()
+        ax.set_xlabel("k (demonstrations)")
+        ax.legend()
     figs["trend over k (95% CI over seeds)"] = save(fig, out / "figures/trend_over_k.png")
 
     names = [c for c, d in bc.items() if d["labels"] != "gold" or d["control"] or c == summary["base_condition"]]
@@ -90,14 +117,16 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
         lo = [bc[c][metric]["last_layer"]["ci_low"] for c in names]
         hi = [bc[c][metric]["last_layer"]["ci_high"] for c in names]
         err = np.nan_to_num(np.vstack([np.subtract(m, lo), np.subtract(hi, m)]))
-        ax.bar(np.arange(len(names)) + j * width, m, width, yerr=err, capsize=3, label=PAIRS[metric])
+        ax.bar(np.arange(len(names)) + j * width, m, width, yerr=err, capsize=3, label=PAIRS[metric],
+               color=COLORS["it"], alpha=0.45 if metric == "s_icl_it" else 1.0)
     labels = ["control" if bc[c]["control"] else bc[c]["labels"] for c in names]
     ax.set_xticks(np.arange(len(names)) + width / 2, labels)
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_title("Label correctness and the unrelated-task control (last layer)")
     ax.set_ylabel("cosine (last layer)")
+    ax.set_xlabel("demonstration labels")
     clamp_ylim(ax, "d_icl_it")
-    ax.legend(fontsize=8)
+    ax.legend()
     figs["label correctness (95% CI over seeds)"] = save(fig, out / "figures/label_correctness.png")
     return figs
 
@@ -121,20 +150,33 @@ def findings(summary: dict) -> list[str]:
 def write_report(out: Path, records: pd.DataFrame, summary: dict, spec, model_info: dict) -> Path:
     out = Path(out)
     figs = figures(out, records, summary)
-    parts = [H.stand_in_note("in-context learning")] if model_info.get("builtin_stand_in") else []
+    size = f"{summary['n_seeds']} seeds × {spec.queries_per_seed} queries per condition"
+    parts = [H.small_run_banner(spec.preset, summary["n_seeds"], size)]
+    parts += [H.stand_in_note("in-context learning")] if model_info.get("builtin_stand_in") else []
+    parts.append(H.warnings_section([t["warning"] for t in summary.get("tuning", []) if t["warning"]]))
     parts.append(f"<p>Task <code>{H.esc(spec.task)}</code>; {summary['n_seeds']} seeds × {spec.queries_per_seed} "
                  f"queries; base condition {H.esc(summary['base_condition'])}.</p>")
     parts.append(H.headlines_section(summary.get("headlines", []), MULTIPLICITY))
     parts.append("<h2>Findings</h2>" + "".join(f'<div class="finding">{f}</div>' for f in findings(summary)))
+    if summary.get("tuning"):
+        parts.append("<h2>Did the tuning change the model?</h2><p>Update size ‖h − h_ZSL‖ / ‖h_ZSL‖ of the last "
+                     "token's last-layer state, and the share of queries whose predicted label differs from "
+                     "zero-shot's (base condition; per layer in the first figure).</p>" + H.csv_table(
+                         out, "tuning", ["setting", "update size", "ICL's update size", "vs ICL",
+                                         "predictions changed", "barely changed the model?"],
+                         [[t["setting"], H.fmt_ci(t["update"]), H.fmt_ci(t["update_icl"]),
+                           f"{t['update_vs_icl']:.2f}×", H.fmt_ci(t["changed"], 2),
+                           "yes" if t["barely_moved"] else "no"] for t in summary["tuning"]]))
     rows = []
     for name, c in summary["by_condition"].items():
         rows.append([name, c["k"], c["selection"], c["labels"], H.fmt_ci(c["s_icl_it"]["last_layer"]),
                      H.fmt_ci(c["d_icl_it"]["last_layer"]), H.fmt_ci(c["d_icl_sl"]["last_layer"]),
+                     *[H.fmt_ci(c[u]["last_layer"]) if u in c else "n/a" for u in UPDATES],
                      H.fmt_ci(c["acc_zsl"], 2), H.fmt_ci(c["acc_icl"], 2), H.fmt_ci(c["acc_it"], 2),
                      H.fmt_ci(c["acc_sl"], 2)])
     parts.append("<h2>Conditions (last layer)</h2>" + H.csv_table(
-        out, "conditions", ["condition", "k", "selection", "labels", "cos(ICL,IT)", "d_icl_it", "d_icl_sl", "acc ZSL",
-                            "acc ICL", "acc IT", "acc SL"], rows))
+        out, "conditions", ["condition", "k", "selection", "labels", "cos(ICL,IT)", "d_icl_it", "d_icl_sl",
+                            "update ICL", "update IT", "update SL", "acc ZSL", "acc ICL", "acc IT", "acc SL"], rows))
     parts.append("<h2>Correlations (last layer)</h2><p>Per seed, then a Fisher-z interval across seeds; pooled over "
                  "all trials for reference (its p-values treat trials as independent).</p>" + H.csv_table(
         out, "correlations",
@@ -143,10 +185,11 @@ def write_report(out: Path, records: pd.DataFrame, summary: dict, spec, model_in
           f"{c['pearson_r']:.3f}", f"{c['pearson_p']:.3g}", f"{c['spearman_rho']:.3f}", f"{c['spearman_p']:.3g}",
           c["n"]] for c in summary["correlations"]]))
     n_layers = summary["n_layers"]
+    shown = {**PAIRS, **{u: f"update {n}" for u, n in UPDATES.items() if u in summary}}
     parts.append("<h2>Per layer (base condition)</h2>" + H.csv_table(
-        out, "per_layer", ["layer", *PAIRS.values()],
+        out, "per_layer", ["layer", *shown.values()],
         [[layer] + [H.fmt_ci({k: summary[m]["per_layer"][k][layer] for k in ("mean", "ci_low", "ci_high")})
-                    for m in PAIRS] for layer in range(n_layers)]))
+                    for m in shown] for layer in range(n_layers)]))
     parts.append("<h2>Figures</h2>" + "".join(H.img(p, caption) for caption, p in figs.items()))
     parts.append(H.methods_section(out, spec, model_info, H.INTERVALS + ". Definitions: " + DEFINITIONS))
     path = out / "report.html"
@@ -154,7 +197,8 @@ def write_report(out: Path, records: pd.DataFrame, summary: dict, spec, model_in
     return path
 
 
-DEFINITIONS = ("s_x_y = cos(h_x, h_y) and d_icl_y = cos(h_ICL − h_ZSL, h_y − h_ZSL) of the last token's resid_post "
+DEFINITIONS = ("s_x_y = cos(h_x, h_y), d_icl_y = cos(h_ICL − h_ZSL, h_y − h_ZSL) and the update size u_x = "
+               "‖h_x − h_ZSL‖ / ‖h_ZSL‖ of the last token's resid_post "
                "(the output of each block; the last layer's is after the final norm, as HF hidden_states); "
-               "demonstration–query similarity is the mean cosine of all-MiniLM-L6-v2 embeddings (iclft's METRICS.md, "
+               "demonstration–query similarity is the mean cosine of all-MiniLM-L6-v2 embeddings (metrics.html, "
                "Convergence)")

@@ -9,7 +9,7 @@ import pandas as pd
 
 from iclft.metrics.stats import MULTIPLICITY
 from iclft.report import html as H
-from iclft.report.figures import band, clamp_ylim, plt, save
+from iclft.report.figures import COLORS, band, clamp_ylim, plt, save
 from iclft.rundir import atomic_write_text
 
 NAMES = {
@@ -17,7 +17,20 @@ NAMES = {
     "simam_before": "SimAM before (ICL vs ZSL)", "simam_after": "SimAM after (ICL vs FT-KV)",
     "kendall": "Kendall τ (ICL attention vs FT-KV query similarity)", "kendall_random": "Kendall τ, random FT side",
     "update_ratio": "‖Δa_FT‖ / ‖Δa_ICL‖ (update size)",
+    "u_icl": "update size ICL, ‖a_ICL − a_ZSL‖ / ‖a_ZSL‖", "u_ft": "update size FT-KV, ‖a_FT − a_ZSL‖ / ‖a_ZSL‖",
 }
+# Okabe–Ito, one meaning per setting in every report: the ICL-vs-FT-KV measure in FT-KV's colour, its baseline
+# (random update, or before FT-KV: ZSL) in the baseline's.
+STYLE = {"simaou": dict(color=COLORS["ft_kv"]), "simaou_random": dict(color=COLORS["random"], ls="--"),
+         "simam_before": dict(color=COLORS["zsl"], ls="--"), "simam_after": dict(color=COLORS["ft_kv"]),
+         "kendall": dict(color=COLORS["ft_kv"]), "kendall_random": dict(color=COLORS["random"], ls="--"),
+         "u_icl": dict(color=COLORS["icl"]), "u_ft": dict(color=COLORS["ft_kv"])}
+
+
+def simam_overlap(summary: dict) -> float:
+    """Largest per-layer gap between SimAM before and after FT-KV (0: the two lines lie on each other)."""
+    pl = summary["per_layer"]
+    return float(np.nanmax(np.abs(np.subtract(pl["simam_after"]["mean"], pl["simam_before"]["mean"]))))
 
 
 def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
@@ -27,29 +40,45 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
     panels = (("simaou", "simaou_random", "SimAOU per layer"),
               ("simam_before", "simam_after", "SimAM per layer"),
               ("kendall", "kendall_random", "Kendall τ per layer"))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, (a, b, title) in zip(axes, panels, strict=True):
-        band(ax, x, pl[a], NAMES[a])
-        band(ax, x, pl[b], NAMES[b], linestyle="--")
+    fig, axes = plt.subplots(1, 4 if "u_ft" in pl else 3, figsize=(20 if "u_ft" in pl else 15, 4))
+    for ax, (a, b, title) in zip(axes, panels, strict=False):
+        band(ax, x, pl[a], NAMES[a], metric=a, **STYLE[a])
+        band(ax, x, pl[b], NAMES[b], metric=b, **STYLE[b])
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_title(title)
         ax.set_xlabel("layer")
         ax.set_xticks(x)
         ax.set_ylabel("Kendall τ" if a == "kendall" else "cosine similarity")
         clamp_ylim(ax, a)
-        ax.legend(fontsize=8)
-    figs["per-layer metrics with their baselines (95% CI over seeds)"] = save(fig, out / "figures/per_layer.png")
+        ax.legend()
+    gap = simam_overlap(summary)
+    if gap < 1e-3:  # say so, or the reader looks for a line that is not missing
+        axes[1].text(0.02, 0.04, f"before and after overlap (max gap {gap:.1e})", transform=axes[1].transAxes,
+                     fontsize=9)
+    if "u_ft" in pl:
+        for key in ("u_icl", "u_ft"):
+            band(axes[3], x, pl[key], NAMES[key].split(",")[0], metric=key, **STYLE[key])
+        axes[3].set_title("How far each setting moved the attention output")
+        axes[3].set_xlabel("layer")
+        axes[3].set_xticks(x)
+        axes[3].set_ylabel("‖a − a_ZSL‖ / ‖a_ZSL‖")
+        axes[3].set_ylim(bottom=0)
+        axes[3].legend()
+    figs["per-layer metrics with their baselines, and update sizes (95% CI over seeds)"] = save(
+        fig, out / "figures/per_layer.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     names = ["acc_zsl", "acc_icl", "acc_ft"]
     m = [summary[n]["mean"] for n in names]
     err = np.nan_to_num(np.vstack([np.subtract(m, [summary[n]["ci_low"] for n in names]),
                                    np.subtract([summary[n]["ci_high"] for n in names], m)]))
-    ax.bar(["ZSL", "ICL", "FT-KV"], m, yerr=err, capsize=4, color=["#999", "#3573c9", "#e07b39"])
+    ax.bar(["ZSL", "ICL", "FT-KV"], m, yerr=err, capsize=4, color=[COLORS["zsl"], COLORS["icl"], COLORS["ft_kv"]],
+           alpha=0.8)
     for s in summary["seeds"]:
         ax.plot(["ZSL", "ICL", "FT-KV"], [summary[n]["per_seed"][summary["seeds"].index(s)] for n in names],
-                "k.", alpha=0.5)
+                ".", color=COLORS["random"], alpha=0.8)
     ax.set_ylim(0, 1)
+    ax.set_xlabel("setting")
     ax.set_ylabel("accuracy (label scoring)")
     ax.set_title("Accuracy per setting (bars: mean, 95% CI; dots: seeds)")
     figs["accuracy of ZSL, ICL and FT-KV"] = save(fig, out / "figures/accuracy.png")
@@ -73,6 +102,9 @@ def findings(summary: dict) -> list[str]:
                    f"output (Δ: change from zero-shot): {H.fmt_ci(summary['update_ratio'])} over layers ({per_layer})."
                    + (" FT-KV barely moves the model: SimAOU and Kendall compare ICL with a much smaller update."
                       if summary["update_ratio"]["mean"] < 0.05 else ""))
+    if "per_layer" in summary and simam_overlap(summary) < 1e-3:
+        out.append(f"SimAM before and after FT-KV coincide at every layer (largest gap {simam_overlap(summary):.1e}): "
+                   "FT-KV did not change where the last token attends, so the two lines overlap in the figure.")
     if "kendall_rope" in summary:
         out.append("Kendall's FT side uses attention queries " + (
             "before RoPE (the token's query alone, no relative-position term)." if summary["kendall_rope"] == "pre"
@@ -88,7 +120,10 @@ def _pub_row(pub: dict, name: str, ours: str, key: str, fmt) -> list:
 def write_report(out: Path, records: pd.DataFrame, summary: dict, spec, model_info: dict) -> Path:
     out = Path(out)
     figs = figures(out, records, summary)
-    parts = [H.stand_in_note("in-context learning")] if model_info.get("builtin_stand_in") else []
+    size = f"{summary['n_seeds']} seeds × {summary['n_queries']} queries"
+    parts = [H.small_run_banner(spec.preset, summary["n_seeds"], size)]
+    parts += [H.stand_in_note("in-context learning")] if model_info.get("builtin_stand_in") else []
+    parts.append(H.warnings_section([t["warning"] for t in summary.get("tuning", []) if t["warning"]]))
     ks = sorted(set(summary["k_per_seed"].values()))
     lrs = ", ".join(f"seed {s}: {c['chosen']:g}" for s, c in summary["lr_choice"].items())
     grid = ", ".join(f"{x:g}" for x in spec.lr_grid)
@@ -102,6 +137,16 @@ def write_report(out: Path, records: pd.DataFrame, summary: dict, spec, model_in
         f"split of the training data from {H.esc(grid)} ({H.esc(lrs)}).</p>")
     parts.append(H.headlines_section(summary.get("headlines", []), MULTIPLICITY))
     parts.append("<h2>Findings</h2>" + "".join(f'<div class="finding">{f}</div>' for f in findings(summary)))
+    if summary.get("tuning"):
+        parts.append("<h2>Did FT-KV change the model?</h2><p>Update size ‖a − a_ZSL‖ / ‖a_ZSL‖ of the last token's "
+                     "attention output (mean over layers; per layer in the first figure), and the share of queries "
+                     "whose predicted label differs from zero-shot's.</p>" + H.csv_table(
+                         out, "tuning", ["setting", "update size", "ICL's update size", "vs ICL",
+                                         "predictions changed", "ICL's predictions changed",
+                                         "barely changed the model?"],
+                         [[t["setting"], H.fmt_ci(t["update"]), H.fmt_ci(t["update_icl"]), f"{t['update_vs_icl']:.2f}×",
+                           H.fmt_ci(t["changed"], 2), H.fmt_ci(summary["changed_icl"], 2),
+                           "yes" if t["barely_moved"] else "no"] for t in summary["tuning"]]))
 
     pct = lambda v: f"{v:.1f}"  # noqa: E731
     f3 = lambda v: f"{v:.3f}"  # noqa: E731
@@ -131,11 +176,12 @@ def write_report(out: Path, records: pd.DataFrame, summary: dict, spec, model_in
 
     layer_rows = []
     pl = summary["per_layer"]
+    names = [m for m in NAMES if m in pl]
     for layer in range(summary["n_layers"]):
         layer_rows.append([layer] + [H.fmt_ci({k: pl[m][k][layer] for k in ("mean", "ci_low", "ci_high")})
-                                     for m in NAMES])
+                                     for m in names])
     parts.append("<h2>Per layer (95% CI over seeds)</h2>"
-                 + H.csv_table(out, "per_layer", ["layer", *NAMES], layer_rows))
+                 + H.csv_table(out, "per_layer", ["layer", *names], layer_rows))
 
     d = summary["dual_form"]
     ok = "passes" if d["passed"] else "FAILS"
@@ -152,10 +198,10 @@ def write_report(out: Path, records: pd.DataFrame, summary: dict, spec, model_in
         c = summary["lr_choice"][str(s)]
         accs = ", ".join(f"{lr}: {acc:.2f}" for lr, acc in c["val_acc"].items())
         seed_rows.append([s, summary["k_per_seed"][str(s)], c["chosen"], accs]
-                         + [f"{summary[m]['per_seed'][i]:.3f}" for m in ("rec2ftp", "simaou", "kendall",
-                                                                             "acc_icl", "acc_ft")])
+                         + [f"{100 * summary['rec2ftp']['per_seed'][i]:.1f}"]
+                         + [f"{summary[m]['per_seed'][i]:.3f}" for m in ("simaou", "kendall", "acc_icl", "acc_ft")])
     parts.append("<h2>Per seed</h2>" + H.csv_table(out, "per_seed",
-        ["seed", "k", "lr", "validation accuracy by lr", "Rec2FTP", "SimAOU", "Kendall", "acc ICL", "acc FT-KV"],
+        ["seed", "k", "lr", "validation accuracy by lr", "Rec2FTP (%)", "SimAOU", "Kendall", "acc ICL", "acc FT-KV"],
         seed_rows))
     parts.append("<h2>Figures</h2>" + "".join(H.img(p, caption) for caption, p in figs.items()))
     parts.append(H.methods_section(out, spec, model_info, H.INTERVALS + ". Definitions: " + DEFINITIONS))
@@ -167,4 +213,4 @@ def write_report(out: Path, records: pd.DataFrame, summary: dict, spec, model_in
 DEFINITIONS = ("Rec2FTP = |(C_ICL ∩ C_FT) \\ C_ZSL| / |C_FT \\ C_ZSL|; SimAOU = cos(a_ICL − a_ZSL, a_FT − a_ZSL) "
                "of the L2-normalised attention output at the last token (the token before the label); SimAM = cosine "
                "of the last token's pre-softmax attention scores over the query's own tokens; Kendall τ between the "
-               "ICL attention to demonstration tokens and the FT-KV query similarities (iclft's METRICS.md, Dual view)")
+               "ICL attention to demonstration tokens and the FT-KV query similarities (metrics.html, Dual view)")

@@ -10,32 +10,84 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+# One colour-blind safe palette (Okabe & Ito 2008) with one meaning per setting in every figure of every report.
+OKABE_ITO = {"black": "#000000", "orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73", "yellow": "#F0E442",
+             "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7", "grey": "#999999"}
+COLORS = {
+    "zsl": OKABE_ITO["black"], "icl": OKABE_ITO["blue"], "it": OKABE_ITO["vermillion"], "sl": OKABE_ITO["orange"],
+    "ft_kv": OKABE_ITO["green"], "ft_full": OKABE_ITO["green"], "ft_lora": OKABE_ITO["purple"],
+    "random": OKABE_ITO["grey"], "control": OKABE_ITO["sky"], "chance": OKABE_ITO["grey"],
+}
+plt.rcParams.update({"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 9,
+                     "xtick.labelsize": 9, "ytick.labelsize": 9, "svg.fonttype": "none", "figure.dpi": 100})
+DPI = 300
+
+
+def unlabelled(fig) -> list[str]:
+    """Axes of `fig` without an x or y label (a colour bar needs its one label): empty when all are labelled."""
+    bad = []
+    for i, ax in enumerate(fig.axes):
+        if not ax.get_visible() or not ax.axison:
+            continue
+        name = ax.get_title() or f"axes {i}"
+        if hasattr(ax, "_colorbar"):
+            if not (ax.get_ylabel() or ax.get_xlabel()):
+                bad.append(f"{name}: colour bar")
+        elif not ax.get_xlabel() or not ax.get_ylabel():
+            bad.append(name)
+    return bad
+
 
 def save(fig, path: Path) -> Path:
+    """PNG at 300 dpi and an SVG beside it, both written atomically; every axis must be labelled."""
+    bad = unlabelled(fig)
+    if bad:
+        plt.close(fig)
+        raise ValueError(f"figure {Path(path).name}: unlabelled axes: {', '.join(bad)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    if not fig.get_layout_engine():
+        import warnings
+
+        with warnings.catch_warnings():  # tight_layout warns on axes it cannot fit; saving still works
+            warnings.simplefilter("ignore", UserWarning)
+            fig.tight_layout()
+    for suffix in (".png", ".svg"):
+        target = path.with_suffix(suffix)
+        tmp = target.with_suffix(".tmp" + suffix)
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+        tmp.replace(target)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
-def band(ax, x, d: dict, label: str, **kw):
-    """Mean line with its 95% CI band from a per_layer_interval dict."""
+def band(ax, x, d: dict, label: str, metric: str | None = None, **kw):
+    """Mean line with its 95% CI band from a per_layer_interval dict; with `metric`, the band is clipped to the
+    metric's range (an interval never runs past a cosine's ±1 or below an accuracy's 0)."""
     m = np.asarray(d["mean"], float)
     ax.plot(x, m, marker="o", ms=3, label=label, **kw)
     lo, hi = np.asarray(d["ci_low"], float), np.asarray(d["ci_high"], float)
+    if metric is not None:
+        lo, hi = _clip(lo, metric), _clip(hi, metric)
     if np.isfinite(lo).any():
-        ax.fill_between(x, lo, hi, alpha=0.2, **kw)
+        ax.fill_between(x, lo, hi, alpha=0.2, color=kw.get("color"), lw=0)
 
 
-def errbar(ax, x, dicts: list[dict], label: str, **kw):
+def errbar(ax, x, dicts: list[dict], label: str, metric: str | None = None, **kw):
     m = np.array([d["mean"] for d in dicts], float)
     lo = np.array([d["ci_low"] for d in dicts], float)
     hi = np.array([d["ci_high"] for d in dicts], float)
-    yerr = np.vstack([np.nan_to_num(m - lo), np.nan_to_num(hi - m)])
+    if metric is not None:
+        lo, hi = _clip(lo, metric), _clip(hi, metric)
+    yerr = np.vstack([np.nan_to_num(np.maximum(m - lo, 0)), np.nan_to_num(np.maximum(hi - m, 0))])
     ax.errorbar(x, m, yerr=yerr, marker="o", capsize=3, label=label, **kw)
+
+
+def _clip(v: np.ndarray, metric: str) -> np.ndarray:
+    from iclft.metrics.stats import quantity
+
+    q = quantity(metric)
+    return np.clip(v, q.low, q.high)
 
 
 def clamp_ylim(ax, metric: str, pad: float = 0.03) -> None:

@@ -12,6 +12,9 @@ color:#222;line-height:1.45}
 h1{border-bottom:2px solid #444}h2{margin-top:1.8em;border-bottom:1px solid #bbb}
 .note{background:#fff4d6;border-left:4px solid #e0a800;padding:.6em 1em;margin:1em 0}
 .finding{background:#eef5ff;border-left:4px solid #3573c9;padding:.5em 1em;margin:.6em 0}
+.banner{background:#fde2d6;border:2px solid #D55E00;padding:.6em 1em;margin:1em 0;font-weight:600}
+.warn{background:#fde2d6;border-left:4px solid #D55E00;padding:.6em 1em;margin:.6em 0}
+.caveat{display:block;font-size:.85em;color:#7a2e00;margin-top:.3em}
 table{border-collapse:collapse;margin:1em 0;font-size:.92em}td,th{border:1px solid #ccc;padding:.3em .6em;
 text-align:right}th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
 img{max-width:100%;border:1px solid #ddd;margin:.5em 0}code{background:#f4f4f4;padding:0 .2em}
@@ -23,9 +26,28 @@ def esc(x) -> str:
 
 
 def img(path: Path, alt: str = "") -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    """The PNG inlined (the page opens offline, alone), its SVG linked for print."""
+    path = Path(path)
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    svg = path.with_suffix(".svg")
+    link = f' (<a href="{esc(svg.parent.name + "/" + svg.name)}">SVG</a>)' if svg.is_file() else ""
     return (f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{esc(alt)}</figcaption></figure>")
+            f"<figcaption>{esc(alt)}{link}</figcaption></figure>")
+
+
+def small_run_banner(preset: str, n_seeds: int, size: str) -> str:
+    """A banner for a quick (or otherwise small) run, on every page it has: its numbers exercise the pipeline."""
+    from iclft.metrics.stats import MIN_SEEDS
+
+    if preset != "quick" and n_seeds >= MIN_SEEDS:
+        return ""
+    what = "Quick run" if preset == "quick" else "Small run"
+    return (f'<div class="banner">{what}: preset {esc(preset)}, {esc(size)} (a verdict needs ≥ {MIN_SEEDS} '
+            "seeds). Its numbers check the pipeline, not the papers — not for citation.</div>")
+
+
+def warnings_section(warnings: list[str]) -> str:
+    return "".join(f'<div class="warn">{esc(w)}</div>' for w in warnings)
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -90,10 +112,26 @@ def headline_rows(headlines: list[dict]) -> list[list]:
                      f"paired t p = {fmt_p(t['t_p'])} (Holm {fmt_p(h.get('p_holm'))}), "
                      f"Wilcoxon p = {fmt_p(t['wilcoxon_p'])}, n = {t['n']}")
         else:
-            tests = f"interval above {h['threshold']:g}?"
-        rows.append([esc(h["claim"]), esc(h["metric"]) + "<br>" + esc(fmt_ci(h["value"])), esc(h["paper"]), tests,
-                     verdict_badge(h["verdict"])])
+            tests = (f"interval above {100 * h['threshold']:g} %?" if h.get("percent")
+                     else f"interval above {h['threshold']:g}?")
+        rows.append([esc(h["claim"]), esc(h["metric"]) + "<br>" + esc(fmt_value(h)), esc(h["paper"]), tests,
+                     verdict_cell(h)])
     return rows
+
+
+def fmt_value(h: dict) -> str:
+    """A headline's value with its interval, in the unit the paper prints (Rec2FTP in %)."""
+    v = h["value"]
+    if h.get("percent") and v and v.get("mean") is not None:
+        v = {k: (x * 100 if isinstance(x, float) else x) for k, x in v.items() if k in ("mean", "ci_low", "ci_high")}
+        return fmt_ci(v, 1) + " %"
+    return fmt_ci(v)
+
+
+def verdict_cell(h: dict) -> str:
+    """The verdict, with the caveat that qualifies it (a tuning that barely changed the model)."""
+    caveat = f'<span class="caveat">⚠ {esc(h["caveat"])}</span>' if h.get("caveat") else ""
+    return verdict_badge(h["verdict"]) + caveat
 
 
 def raw_table(header: list[str], rows: list[list]) -> str:
@@ -160,13 +198,28 @@ def methods_section(out: Path, spec, model_info: dict, interval_note: str) -> st
              f"SHA-256 <code>{esc(sha[:16] + '…' if sha else 'not hashed')}</code>. Preset "
              f"<b>{esc(preset)}</b>.</p>")
     spec_text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    write_metrics_page(Path(out))
     return ("<h2>Methods and data</h2>" + model
             + f"<details><summary>exact spec (spec.yaml)</summary><pre>{esc(spec_text)}</pre></details>"
             + f"<p>{esc(interval_note)}</p>" + prompt_examples(examples)
             + "<p>Files beside this page: <code>records.parquet</code> (raw per-trial numbers), "
               "<code>summary.json</code> (every interval with its per-seed values and method), "
               "<code>manifest.json</code>, <code>examples.json</code>, <code>tables/*.csv</code>, "
-              "<code>figures/</code>.</p>")
+              "<code>figures/</code>, and <a href='metrics.html'>metrics.html</a>: every metric's definition "
+              "(iclft's METRICS.md, shipped with the package).</p>")
+
+
+METRICS_MD = Path(__file__).with_name("METRICS.md")
+
+
+def write_metrics_page(out: Path) -> Path:
+    """OUT/metrics.html: the package's metric definitions, so a report's definitions travel with it."""
+    from iclft.rundir import atomic_write_text
+
+    text = METRICS_MD.read_text(encoding="utf-8")
+    atomic_write_text(out / "metrics.html", page("iclft metric definitions (METRICS.md)",
+                                                 [f"<pre style='white-space:pre-wrap'>{esc(text)}</pre>"]))
+    return out / "metrics.html"
 
 
 INTERVALS = ("Intervals: 95%, across seeds, chosen per quantity (iclft.metrics.stats.QUANTITIES): proportions "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ class Cell:
     examples: dict
     context: Any  # None once dropped (remote executors and sweeps build their own)
     started: float
+    skipped: dict = field(default_factory=dict)  # inputs set-up skipped as too long for the context (manifest)
 
 
 def prepare(study: Study, spec: RunSpec, out: Path, keep_context: bool = True) -> Cell:
@@ -100,7 +102,12 @@ def prepare(study: Study, spec: RunSpec, out: Path, keep_context: bool = True) -
     examples = ({k: [tok.convert_ids_to_tokens(list(ids)) for ids in v]
                  for k, v in study.examples(spec, context).items()} if tok is not None else {})
     info = {**context.loaded.info, "device": spec.device}
-    cell = Cell(study, spec, Path(out), units, info, examples, context, started)
+    skipped = dict(getattr(context, "skipped", None) or {})
+    if any(v for k, v in skipped.items() if k != "token_cap"):
+        counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items() if k != "token_cap" and v)
+        print(f"note: {study.name}: skipped {counts} example(s) longer than {skipped['token_cap']} tokens: with them "
+              "some prompt of the run would not fit the model's context (counted in manifest.json)", file=sys.stderr)
+    cell = Cell(study, spec, Path(out), units, info, examples, context, started, skipped)
     if not keep_context:
         cell.context = None
         gc.collect()

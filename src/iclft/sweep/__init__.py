@@ -67,6 +67,8 @@ def _finish(cell: Cell, stats: dict, rerun: bool = False) -> None:
     if study.render is not None:
         study.render(out, records, summary, spec, cell.info)
     extra = {"study": study.name, "units": len(cell.units)}
+    if cell.skipped:
+        extra["skipped_too_long"] = cell.skipped
     if study.manifest is not None:
         extra.update(study.manifest(spec, summary))
     retries = {unit: n for (key, unit), n in stats.get("retries", {}).items() if key == str(out)}

@@ -29,6 +29,11 @@ def file_task(path: Path, seed: int = 0, test_fraction: float = 0.2) -> Task:
     missing = [i for i, r in enumerate(rows) if not isinstance(r, dict) or "input" not in r or "label" not in r]
     if missing:
         raise UserError(f"task file {str(path)!r}: row {missing[0] + 1} lacks an `input` or `label` field")
+    for i, r in enumerate(rows):
+        for key in ("input", "label"):
+            if not isinstance(r[key], str | int | float) or isinstance(r[key], bool) or str(r[key]).strip() == "":
+                shown = "null" if r[key] is None else repr(r[key])
+                raise UserError(f"task file {str(path)!r}: row {i + 1} has {key} {shown}; it must be non-empty text")
     examples = [(Example(str(r["input"]), str(r["label"])), r.get("split")) for r in rows]
     if any(s for _, s in examples):
         train = [e for e, s in examples if s != "test"]
