@@ -247,3 +247,35 @@ print("ok")
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+
+
+def test_held_out_formats_never_occur_in_the_pretraining_streams():
+    """Issue 11: the ability table's held-out label words, template and separator are absent from pretraining:
+    no label position of any episode kind holds an unseen label word, and the template's and separator's token
+    sequences occur nowhere (sampled from every stage of the shipped recipe)."""
+    from iclft.builtin.abilities import UNSEEN_PAIRS, UNSEEN_SEPARATOR, UNSEEN_TEMPLATE
+    from iclft.builtin.corpus import LABEL_POOL, Corpus, build_tokenizer
+    from iclft.builtin.pretrain import STAGES
+
+    tok = build_tokenizer()
+    words = {w for p in UNSEEN_PAIRS for w in p}
+    assert not words & set(LABEL_POOL)
+    word_ids = {tok.token_to_id(w) for w in words}
+    assert None not in word_ids and tok.token_to_id("<unk>") not in word_ids  # single known tokens
+    enc = lambda text: tok.encode(text, add_special_tokens=False).ids  # noqa: E731
+    patterns = [enc(UNSEEN_TEMPLATE[0].split("{input}")[1]), enc(UNSEEN_SEPARATOR), enc(UNSEEN_TEMPLATE[1])]
+    corpus = Corpus(tok, [dict(s) for s in STAGES], seq_len=512)
+    starts = [0]
+    for st in STAGES[:-1]:
+        starts.append(starts[-1] + st["steps"])
+    seen_labels = 0
+    for step in starts:
+        ids, lab = corpus.batch(seed=0, step=step, batch_size=24)
+        for row, mask in zip(ids.tolist(), lab.tolist(), strict=True):
+            labels = {t for t, m in zip(row, mask, strict=True) if m}
+            seen_labels += sum(mask)
+            assert not labels & word_ids, [tok.id_to_token(t) for t in labels & word_ids]
+            text = "," + ",".join(map(str, row)) + ","
+            for pat in patterns:
+                assert "," + ",".join(map(str, pat)) + "," not in text, tok.decode(pat)
+    assert seen_labels > 1000  # the streams were really sampled

@@ -12,6 +12,11 @@ Every number is measured on data held out of pretraining (see `iclft.builtin.cor
   the study's own clean test items (`implicit_task(family, seed)`), scored as the study scores them
   (`iclft.capture.decode.Scorer`: first-token argmax over the label words for closed answer sets,
   greedy decoding to the separator and exact match of the normalised answer for numbers);
+* held-out format rows (issue 11) show the model formats its pretraining never used: label words that were
+  never labels there (`UNSEEN_PAIRS`, ordinary vocabulary, outside `LABEL_POOL`), a prompt template it never
+  saw (`UNSEEN_TEMPLATE`, with default and flipped labels) and another demonstration separator
+  (`UNSEEN_SEPARATOR`); `tests/test_builtin_model.py` checks that none of them occurs in the pretraining
+  episode streams;
 * the LoRA row fine-tunes a copy of the model (`iclft.tuning.finetune`, LoRA r=8, alpha=16 on the
   family's LoRA targets) on 64 zero-shot examples of one new pairing and reports the zero-shot lift on
   that pairing.
@@ -42,6 +47,12 @@ from iclft.tasks.sentiment import sentiment_task
 from iclft.tuning.finetune import FinetuneSpec, finetune
 
 DEFAULTS = ("negative", "positive")
+# Held out of pretraining entirely (not only as pairs): ordinary words of the tokenizer's vocabulary that are
+# never a label there, a template and a separator no pretraining episode uses.
+UNSEEN_PAIRS = (("window", "silver"), ("winter", "summer"), ("coffee", "guitar"), ("desert", "valley"),
+                ("planet", "bear"))
+UNSEEN_TEMPLATE = ("Review: {input}\nVerdict:", "Give the verdict of each review.")
+UNSEEN_SEPARATOR = "\n###\n"
 BATCH_SIZE = 16
 # The LoRA row's training: 80 steps of 16 examples (20 passes over the 64), constant learning rate, no clipping.
 LORA = FinetuneSpec(method="lora", lr=3e-3, steps=80, batch_size=16, warmup_steps=0, grad_clip=None)
@@ -79,19 +90,31 @@ class _SentimentScorers:
     def __init__(self, loaded: Loaded):
         self.loaded, self.task, self.cache = loaded, sentiment_task(), {}
 
-    def __call__(self, words: dict[str, str]) -> Scorer:
+    def __call__(self, words: dict[str, str], template: tuple[str, str] | None = None,
+                 separator: str | None = None) -> Scorer:
         pair = (words["negative"], words["positive"])
-        if pair not in self.cache:
-            self.cache[pair] = _scorer(self.loaded, dataclasses.replace(self.task, label_words=list(pair)))
-        return self.cache[pair]
+        key = (pair, template, separator)
+        if key not in self.cache:
+            task = dataclasses.replace(self.task, label_words=list(pair))
+            if template is not None:
+                task = dataclasses.replace(task, template=template[0], instruction=template[1])
+            if separator is not None:
+                task = dataclasses.replace(task, separator=separator)
+            self.cache[key] = _scorer(self.loaded, task)
+        return self.cache[key]
 
 
 # ----------------------------------------------------------------------------- query sets
 
-def _sentiment_queries(scorers: _SentimentScorers, setting: str, k: int, n: int, seed: int) -> list[Query]:
+def _sentiment_queries(scorers: _SentimentScorers, setting: str, k: int, n: int, seed: int,
+                       template: tuple[str, str] | None = None, separator: str | None = None,
+                       pairs: tuple[tuple[str, str], ...] = HELDOUT_PAIRS) -> list[Query]:
+    """setting: default | flipped | new pairing (a pair of `pairs` per query, its order random); template /
+    separator: a held-out format instead of the task's."""
     task = scorers.task
     by = {lab: [e for e in task.train if e.label == lab] for lab in DEFAULTS}
-    rng = random.Random(f"iclft-abilities/sentiment/{setting}/{k}/{seed}")
+    fmt = "" if template is None and separator is None else f"/{template}/{separator}/{pairs}"
+    rng = random.Random(f"iclft-abilities/sentiment/{setting}/{k}/{seed}{fmt}")
     qrng = random.Random(f"iclft-abilities/queries/{seed}")  # same queries for every setting and k
     out = []
     for j, ex in enumerate(qrng.sample(task.test, n)):
@@ -100,7 +123,7 @@ def _sentiment_queries(scorers: _SentimentScorers, setting: str, k: int, n: int,
         elif setting == "flipped":
             words = {"negative": "positive", "positive": "negative"}
         else:
-            a, b = HELDOUT_PAIRS[(j + seed) % len(HELDOUT_PAIRS)]
+            a, b = pairs[(j + seed) % len(pairs)]
             if random.Random(f"iclft-abilities/assign/{seed}/{j}").random() < 0.5:
                 a, b = b, a
             words = {"negative": a, "positive": b}
@@ -110,7 +133,8 @@ def _sentiment_queries(scorers: _SentimentScorers, setting: str, k: int, n: int,
             demos.append(rng.choice(by[lab]))
             labels.append(words[lab])
         # flipped is scored against the true sentiment (default words), the rest against the demos' words
-        scorer = scorers(words if setting == "new pairing" else dict(zip(DEFAULTS, DEFAULTS, strict=True)))
+        scorer = scorers(words if setting == "new pairing" else dict(zip(DEFAULTS, DEFAULTS, strict=True)),
+                         template, separator)
         gold = ex.label if setting == "flipped" else words[ex.label]
         out.append(Query(scorer.builder.build(ex, demos, labels=labels).ids, gold, scorer))
     return out
@@ -175,10 +199,10 @@ def ability_table(model: str | Path = "builtin", n_queries: int = 300, seeds: in
     rows: list[dict] = []
     per_seed = math.ceil(n_queries / seeds)
 
-    def pooled(fn, *args):
+    def pooled(fn, *args, **kw):
         res: list[bool] = []
         for s in range(seeds):
-            res += score(loaded.model, fn(*args, per_seed, s))
+            res += score(loaded.model, fn(*args, per_seed, s, **kw))
         return res
 
     ks = (0, 8, 16)
@@ -196,6 +220,8 @@ def ability_table(model: str | Path = "builtin", n_queries: int = 300, seeds: in
     rows.append(_row("sentiment", "flipped (vs true sentiment)", 8, sent["flipped", 8]))
     rows.append(_row("sentiment", "flipped (vs true sentiment)", 16, sent["flipped", 16], "< 0.50",
                      lambda a: a < 0.5))
+
+    rows += held_out_format_rows(pooled, scorers)
 
     fams = tuple(families or FAMILIES)
     gains = 0
@@ -225,6 +251,27 @@ def ability_table(model: str | Path = "builtin", n_queries: int = 300, seeds: in
         rows.append(_row("LoRA (64 examples)", "new pairing, before", 0, before))
         rows.append(_row("LoRA (64 examples)", "new pairing, after", 0, after))
         rows.append(_gain_row("LoRA (64 examples)", "new pairing, lift", 0, after, before, ">= +0.20", 0.20))
+    return rows
+
+
+def held_out_format_rows(pooled, scorers: _SentimentScorers) -> list[dict]:
+    """ICL beyond the pretraining formats (issue 11's bars): unseen label words (16-shot, every pair, each pair's
+    queries as many as a row's), an unseen template with default and flipped labels, an unseen separator."""
+    rows = []
+    per_pair = [pooled(_sentiment_queries, scorers, "new pairing", 16, pairs=(p,)) for p in UNSEEN_PAIRS]
+    for pair, res in zip(UNSEEN_PAIRS, per_pair, strict=True):
+        rows.append(_row("held-out format", f"unseen words {pair[0]}/{pair[1]}", 16, res, ">= 0.60",
+                         lambda a: a >= 0.6))
+    rows.append(_row("held-out format", f"unseen words, mean of {len(UNSEEN_PAIRS)} pairs", 16,
+                     [x for res in per_pair for x in res], ">= 0.75", lambda a: a >= 0.75))
+    for k in (0, 16):
+        rows.append(_row("held-out format", "unseen template, default labels", k,
+                         pooled(_sentiment_queries, scorers, "default", k, template=UNSEEN_TEMPLATE)))
+    rows.append(_row("held-out format", "unseen template, flipped (vs true)", 16,
+                     pooled(_sentiment_queries, scorers, "flipped", 16, template=UNSEEN_TEMPLATE), "< 0.50",
+                     lambda a: a < 0.5))
+    rows.append(_row("held-out format", "unseen separator, new pairing", 16,
+                     pooled(_sentiment_queries, scorers, "new pairing", 16, separator=UNSEEN_SEPARATOR)))
     return rows
 
 

@@ -331,9 +331,9 @@ def tuning_check(name: str, update: dict, update_icl: dict, changed: dict, what:
     barely = bool(ratio == ratio and ratio < TINY_UPDATE and c == c and c < TINY_CHANGED)
     warning = None
     if barely:
-        warning = (f"{name} barely changed the model: it moved the last-layer {what} by {100 * u:.1f}% of its norm "
-                   f"(ICL: {100 * ui:.1f}%) and changed {100 * c:.1f}% of zero-shot's predictions (iclft flags a tuning "
-                   f"under {100 * TINY_UPDATE:g}% of ICL's update that changes under {100 * TINY_CHANGED:g}% of "
+        warning = (f"{name} barely changed the model: it moved the {what} by {100 * u:.1f}% of its norm "
+                   f"(ICL: {100 * ui:.1f}%) and changed {100 * c:.1f}% of zero-shot's predictions (iclft flags a "
+                   f"tuning under {100 * TINY_UPDATE:g}% of ICL's update that changes under {100 * TINY_CHANGED:g}% of "
                    f"the predictions). Its similarity to ICL says little: train it harder (more steps or a larger "
                    "learning rate) before reading the comparisons that involve it.")
     return {"setting": name, "update": update, "update_icl": update_icl, "update_vs_icl": ratio,

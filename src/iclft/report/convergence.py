@@ -28,7 +28,8 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
     figs = {}
     n_layers = summary["n_layers"]
     x = np.arange(n_layers)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    updates = [key for key in UPDATES if key in summary]  # runs of older versions have none
+    fig, axes = plt.subplots(1, 3 if updates else 2, figsize=(15 if updates else 11, 4))
     for key in ("s_anchor_icl", "s_anchor_it", "s_icl_it", "s_icl_sl"):
         band(axes[0], x, summary[key]["per_layer"], PAIRS[key], metric=key, **STYLE[key])
     for key in ("d_icl_it", "d_icl_sl"):
@@ -37,12 +38,14 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
     if ctrl:
         axes[1].plot(x, ctrl["d_icl_it"]["per_layer_mean"], ls=":", color=COLORS["control"],
                      label="unrelated-task control: " + PAIRS["d_icl_it"])
-    for key in UPDATES:
-        if key in summary:
-            band(axes[2], x, summary[key]["per_layer"], UPDATES[key], metric=key, **STYLE[key])
+    for key in updates:
+        band(axes[2], x, summary[key]["per_layer"], UPDATES[key], metric=key, **STYLE[key])
+    if updates:
+        axes[2].set_title("How far each setting moved the state")
+        axes[2].set_ylabel("update size ‖h − h_ZSL‖ / ‖h_ZSL‖")
+        axes[2].set_ylim(bottom=0)
     axes[0].set_title("Raw cosine of last-token states")
     axes[1].set_title("Direction of change from ZSL")
-    axes[2].set_title("How far each setting moved the state")
     for ax in axes:
         ax.set_xlabel("layer")
         ax.set_xticks(x)
@@ -50,8 +53,6 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
     axes[1].axhline(0, color="grey", lw=0.5)
     axes[0].set_ylabel("cosine similarity")
     axes[1].set_ylabel("cosine of the changes")
-    axes[2].set_ylabel("update size ‖h − h_ZSL‖ / ‖h_ZSL‖")
-    axes[2].set_ylim(bottom=0)
     for ax in axes[:2]:
         clamp_ylim(ax, "d_icl_it")
     figs["similarity and update size by layer (base condition, 95% CI over seeds)"] = save(

@@ -28,11 +28,27 @@ def esc(x) -> str:
 def img(path: Path, alt: str = "") -> str:
     """The PNG inlined (the page opens offline, alone), its SVG linked for print."""
     path = Path(path)
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    data = base64.b64encode(_screen_png(path)).decode("ascii")
     svg = path.with_suffix(".svg")
     link = f' (<a href="{esc(svg.parent.name + "/" + svg.name)}">SVG</a>)' if svg.is_file() else ""
     return (f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{esc(alt)}{link}</figcaption></figure>")
+
+
+def _screen_png(path: Path, max_width: int = 1300) -> bytes:
+    """The figure at screen resolution for the page (the 300 dpi PNG beside it is for print): a page of ten
+    300 dpi figures would weigh megabytes."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.width <= max_width:
+            return path.read_bytes()
+        small = im.resize((max_width, round(im.height * max_width / im.width)), Image.LANCZOS)
+        buf = BytesIO()
+        small.save(buf, format="PNG", optimize=True)
+        return buf.getvalue()
 
 
 def small_run_banner(preset: str, n_seeds: int, size: str) -> str:

@@ -268,7 +268,7 @@ def summarise(records: pd.DataFrame, spec: ConvergenceSpec, model_info: dict) ->
     summary["correlations"] = [_correlate(rows, f, m) for f, rows in factors.items() for m in ("s_icl_it", "d_icl_it")]
     base_entry = by_cond[summary["base_condition"]]
     summary["tuning"] = [tuning_check(name, summary[f"u_{s}"]["last_layer"], summary["u_icl"]["last_layer"],
-                                      base_entry[f"changed_{s}"], "state")
+                                      base_entry[f"changed_{s}"], "last-layer state")
                          for name, s in (("IT", "it"), ("SL", "sl")) if f"changed_{s}" in base_entry]
     summary["headlines"] = headlines(summary, per_seed_last(b, "d_icl_it").to_numpy(float))
     return summary
