@@ -43,11 +43,11 @@ def _screen_png(path: Path, max_width: int = 1300) -> bytes:
     from PIL import Image
 
     with Image.open(path) as im:
-        if im.width <= max_width:
+        factor = -(-im.width // max_width)
+        if factor <= 1:
             return path.read_bytes()
-        small = im.resize((max_width, round(im.height * max_width / im.width)), Image.LANCZOS)
         buf = BytesIO()
-        small.save(buf, format="PNG", optimize=True)
+        im.reduce(factor).save(buf, format="PNG", compress_level=6)  # a box filter: fast, sharp enough at 1/3
         return buf.getvalue()
 
 
