@@ -279,3 +279,22 @@ def test_held_out_formats_never_occur_in_the_pretraining_streams():
             for pat in patterns:
                 assert "," + ",".join(map(str, pat)) + "," not in text, tok.decode(pat)
     assert seen_labels > 1000  # the streams were really sampled
+
+
+def test_small_implicit_size_draws_what_the_study_needs_and_the_study_uses_it(tmp_path):
+    from iclft.studies.implicit_patterns import ImplicitSpec, _tasks
+    from iclft.tasks.implicit import FAMILIES, RULES, SIZE_DEFAULTS, SIZE_SMALL, generate, implicit_task
+
+    for fam in FAMILIES:
+        for rule in RULES[fam]:  # the default run: N = 64 training items + 8 test items of each variant
+            task = implicit_task(fam, seed=0, n_train=64, n_test=8, rule=rule, **SIZE_SMALL[fam])
+            assert len({e.input for e in task.train + task.test}) == 72
+            assert len(generate(fam, 20, seed=1, variant="misleading", rule=rule, **SIZE_SMALL[fam])) == 20
+        assert all(SIZE_SMALL[fam][k] <= v for k, v in SIZE_DEFAULTS[fam].items())
+        assert SIZE_SMALL[fam] != SIZE_DEFAULTS[fam]
+    # the study's items follow its `size`: parity's head is at most 5 bits small, 8 at the paper size
+    heads = {}
+    for size in ("paper", "small"):
+        task, tests = _tasks(ImplicitSpec(size=size), "parity", seed=0, n_train=16)
+        heads[size] = max(len(e.input.split(" | ")[0]) for e in task.train + tests["clean"] + tests["misleading"])
+    assert heads["small"] <= 5 < heads["paper"]

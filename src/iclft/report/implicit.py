@@ -23,6 +23,14 @@ ACC_YLIM = (-0.03, 1.03)
 BASE_CMAP, DIFF_CMAP = "RdBu_r", "PuOr_r"  # diverging, colour-blind safe (ColorBrewer), centred at 0
 
 
+def _sizes_text(summary: dict) -> str:
+    """`family: knob=value, ...` of the run's item sizes (older summaries have none: the paper size)."""
+    sizes = summary.get("sizes")
+    if not sizes:
+        return "SIZE_DEFAULTS"
+    return "; ".join(f"{f}: " + ", ".join(f"{k}={v}" for k, v in kn.items()) for f, kn in sizes.items())
+
+
 def _kind(setting: str) -> str:
     """zsl | icl | ft_full | ft_lora: the key of the setting's colour in COLORS."""
     if setting == "zsl" or setting == "icl_k0":
@@ -388,7 +396,8 @@ def write_report(out: Path, records: pd.DataFrame, summary: dict, spec, model_in
     parts.append(
         f"<p>Model <code>{H.esc(model_info.get('model'))}</code> ({H.esc(model_info.get('family'))}, "
         f"{model_info.get('n_layers')} layers, {model_info.get('n_params', 0):,} parameters); {summary['n_seeds']} "
-        f"seeds × {spec.n_eval} test items per variant; rules (held out of pretraining by default): {H.esc(rules)}. "
+        f"seeds × {spec.n_eval} test items per variant; rules (held out of pretraining by default): {H.esc(rules)}; "
+        f"item size <b>{H.esc(summary.get('size', 'paper'))}</b> ({H.esc(_sizes_text(summary))}). "
         f"Fine-tuning: {spec.full.steps} (full) / {spec.lora.steps} (LoRA) AdamW steps of {spec.full.batch_size} / "
         f"{spec.lora.batch_size} examples, constant LR after warmup, loss on {spec.full.loss_on} tokens. Accuracy is "
         "exact match of the normalised answer (label scoring for closed answer sets, greedy decoding otherwise).</p>")

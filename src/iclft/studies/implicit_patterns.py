@@ -46,7 +46,16 @@ from iclft.models.load import Loaded, load
 from iclft.prompts import PromptBuilder
 from iclft.studies.common import RunSpec
 from iclft.studies.protocol import Study, Unit
-from iclft.tasks.implicit import DEFAULT_RULE, FAMILIES, RULES, generate, implicit_task, label_words, normalise_answer
+from iclft.tasks.implicit import (
+    DEFAULT_RULE,
+    FAMILIES,
+    RULES,
+    SIZES,
+    generate,
+    implicit_task,
+    label_words,
+    normalise_answer,
+)
 from iclft.tuning.finetune import FinetuneSpec, finetune
 
 log = logging.getLogger(__name__)
@@ -58,6 +67,9 @@ class ImplicitSpec(RunSpec):
     seeds: int = Field(5, ge=1, description="number of seeds (task draws, demonstrations, FT data order)")
     families: list[Literal[FAMILIES]] = Field(list(FAMILIES), min_length=1, description="implicit-pattern families")
     rules: dict[str, str] = Field({}, description="family -> rule; default: the held-out rule (DEFAULT_RULE)")
+    size: Literal["paper", "small"] = Field(
+        "paper", description="item sizes: paper (SIZE_DEFAULTS) or small (SIZE_SMALL: operands in [-3, 3], "
+                             "one operation, three edges, nine bits)")
     n_eval: int = Field(8, ge=1, description="test items per variant (clean / misleading) per seed")
     k_values: list[NonNegativeInt] = Field([0, 2, 8], min_length=1,
                                            description="ICL numbers of demonstrations")
@@ -99,6 +111,10 @@ def _rule(spec: ImplicitSpec, family: str) -> str:
     return spec.rules.get(family, DEFAULT_RULE[family])
 
 
+def _size(spec: ImplicitSpec, family: str) -> dict[str, int]:
+    return SIZES[spec.size][family]
+
+
 def _ft_spec(spec: ImplicitSpec, method: str) -> FinetuneSpec:
     return spec.full if method == "full" else spec.lora
 
@@ -124,7 +140,8 @@ def setup(spec: ImplicitSpec) -> Context:
                   attn_implementation=spec.attn_implementation, pad_token=spec.pad_token)
     n_train = max(max(spec.ft_sizes), max(spec.k_values) + 1, spec.circuit_k + 1)
     for fam in spec.families:  # the longest prompt must fit the context (build raises otherwise)
-        task = implicit_task(fam, seed=spec.seed_offset, n_train=n_train, n_test=spec.n_eval, rule=_rule(spec, fam))
+        task = implicit_task(fam, seed=spec.seed_offset, n_train=n_train, n_test=spec.n_eval, rule=_rule(spec, fam),
+                             **_size(spec, fam))
         builder = PromptBuilder(loaded.tokenizer, task, max_len=loaded.max_len)
         longest = sorted(task.train, key=lambda e: len(e.input))[-max(spec.k_values):] if max(spec.k_values) else []
         builder.build(max(task.test, key=lambda e: len(e.input)), longest, instruction=spec.instruction)
@@ -172,8 +189,11 @@ def examples(spec: ImplicitSpec, ctx: Context) -> dict:
 
 def _tasks(spec: ImplicitSpec, family: str, seed: int, n_train: int):
     rule = _rule(spec, family)
-    clean = implicit_task(family, seed=seed, n_train=n_train, n_test=spec.n_eval, test_variant="clean", rule=rule)
-    mis = implicit_task(family, seed=seed, n_train=0, n_test=spec.n_eval, test_variant="misleading", rule=rule)
+    size = _size(spec, family)
+    clean = implicit_task(family, seed=seed, n_train=n_train, n_test=spec.n_eval, test_variant="clean", rule=rule,
+                          **size)
+    mis = implicit_task(family, seed=seed, n_train=0, n_test=spec.n_eval, test_variant="misleading", rule=rule,
+                        **size)
     return clean, {"clean": clean.test, "misleading": mis.test}
 
 
@@ -276,7 +296,8 @@ def _circuit_unit(spec, loaded, task, builder, base) -> pd.DataFrame:
     family, seed = base["family"], base["seed"]
     rule = _rule(spec, family)
     train_inputs = {e.input for e in task.train}
-    cands = [e for e in generate(family, 8 * spec.circuit_pairs, 100_003 + seed, "misleading", rule)
+    cands = [e for e in generate(family, 8 * spec.circuit_pairs, 100_003 + seed, "misleading", rule,
+                                    **_size(spec, family))
              if e.input not in train_inputs]
     pairs = build_pairs(builder, family, rule, cands, spec.circuit_pairs, instruction=spec.instruction)
     pairs = [p for p in pairs if p["clean"].input not in train_inputs]
@@ -342,6 +363,7 @@ def summarise(records: pd.DataFrame, spec: ImplicitSpec, model_info: dict) -> di
                      "builtin_stand_in": bool(model_info.get("builtin_stand_in")),
                      "n_seeds": int(records["seed"].nunique()), "families": list(spec.families),
                      "rules": {f: _rule(spec, f) for f in spec.families}, "settings": settings,
+                     "size": spec.size, "sizes": {f: _size(spec, f) for f in spec.families},
                      "n_eval": spec.n_eval}
 
     def cell(fam, setting, variant):

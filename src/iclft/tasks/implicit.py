@@ -85,6 +85,18 @@ SIZE_DEFAULTS: dict[str, dict[str, int]] = {
     "algebra": {"n_vars": 2, "max_coef": 5, "max_value": 5, "max_mult": 3},
     "parity": {"head_len": 8, "n_pairs": 4},
 }
+# The named small size (operands in [-3, 3], one operation, two variables, three edges, nine bits), for models
+# of the built-in model's scale; still enough distinct items for N = 64 plus the test items of every variant.
+# The implicit study's `size: small` uses it (default: SIZE_DEFAULTS).
+SIZE_SMALL: dict[str, dict[str, int]] = {
+    "expression": {"first_terms": 1, "zero_terms": 2, "factor_terms": 1, "max_value": 3},
+    "code": {"max_ops": 1, "max_value": 3},
+    "boolean": {"n_vars": 2, "depth": 0},
+    "relation": {"n_edges": 3, "n_chains": 2},
+    "algebra": {"n_vars": 2, "max_coef": 2, "max_value": 2, "max_mult": 2},
+    "parity": {"head_len": 5, "n_pairs": 2},
+}
+SIZES: dict[str, dict[str, dict[str, int]]] = {"paper": SIZE_DEFAULTS, "small": SIZE_SMALL}
 _SIZE_MIN: dict[str, dict[str, int]] = {
     "expression": {"first_terms": 1, "zero_terms": 2, "factor_terms": 1, "max_value": 2},
     "code": {"max_ops": 1, "max_value": 2},
