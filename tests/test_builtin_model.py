@@ -97,10 +97,11 @@ def test_pretrain_resume_gives_identical_weights(tmp_path):
 
     from iclft.builtin.pretrain import pretrain
 
-    # two LR cycles and a mix switch inside the first, like the shipped recipe, and head supervision in the
-    # last stage; the kill points fall in each of the three stages
+    # two LR cycles and a mix switch inside the first, like the shipped recipe, a stage with its own batch shape
+    # and generated formats only, and head supervision in the last stage; the kill points fall in each stage
     stages = [{"steps": 2, "mix": {"sentiment": 1, "repeat": 1}, "lr": 1e-3, "warmup_steps": 1},
-              {"steps": 2, "mix": {"mapping": 1, "lexicon": 1}},
+              {"steps": 2, "mix": {"mapping": 1, "lexicon": 1}, "seq_len": 32, "batch_size": 3, "max_shots": 3,
+               "p_standard": 0.0},
               {"steps": 2, "mix": {"lexicon": 1, "sentiment": 1}, "lr": 5e-4, "warmup_steps": 1, "p_flipped": 0.5,
                "aux": 0.5, "copy": 0.5, "label": 1.0}]
     tiny = dict(stages=stages, seq_len=48, batch_size=2, hidden_size=32, intermediate_size=64, num_layers=4,
@@ -117,6 +118,15 @@ def test_pretrain_resume_gives_identical_weights(tmp_path):
         assert torch.equal(wa[k], wb[k]), k
     meta = json.loads((b / "pretrain_meta.json").read_text())
     assert meta["step"] == 6 and meta["complete"]
+    assert meta["tokens"] == 2 * 2 * 48 + 2 * 3 * 32 + 2 * 2 * 48  # the stage's own batch shape
+    # the card states each stage's batch shape and draws
+    from iclft.builtin.abilities import write_card
+
+    row = {"ability": "sentiment", "setting": "default", "k": 0, "accuracy_mean": 0.5, "ci_low": 0.4, "ci_high": 0.6,
+           "n": 300, "bar": ">= 0.75", "passed": False}
+    card = write_card(b, [row], notes=None).read_text()
+    assert "2 x 48 tokens" in card and "3 x 32 tokens, up to 3 demonstrations" in card
+    assert "100% of the classification episodes in generated formats" in card and "Bars met: 0 of 1." in card
 
 
 def test_lr_cycles_restart_at_stages_that_set_lr():
@@ -252,9 +262,18 @@ print("ok")
 def test_held_out_formats_never_occur_in_the_pretraining_streams():
     """Issue 11: the ability table's held-out label words, template and separator are absent from pretraining:
     no label position of any episode kind holds an unseen label word, and the template's and separator's token
-    sequences occur nowhere (sampled from every stage of the shipped recipe)."""
-    from iclft.builtin.abilities import UNSEEN_PAIRS, UNSEEN_SEPARATOR, UNSEEN_TEMPLATE
-    from iclft.builtin.corpus import LABEL_POOL, Corpus, build_tokenizer
+    sequences occur nowhere -- sampled from every stage of the shipped recipe, and from stages that draw label
+    words from the whole vocabulary and generated formats (`labels: vocab`, `p_standard` < 1), which really use
+    many label words and formats, so the held-out ones are held out of a varied stream."""
+    from iclft.builtin.corpus import (
+        LABEL_POOL,
+        SEPARATOR,
+        UNSEEN_PAIRS,
+        UNSEEN_SEPARATOR,
+        UNSEEN_TEMPLATE,
+        Corpus,
+        build_tokenizer,
+    )
     from iclft.builtin.pretrain import STAGES
 
     tok = build_tokenizer()
@@ -264,21 +283,37 @@ def test_held_out_formats_never_occur_in_the_pretraining_streams():
     assert None not in word_ids and tok.token_to_id("<unk>") not in word_ids  # single known tokens
     enc = lambda text: tok.encode(text, add_special_tokens=False).ids  # noqa: E731
     patterns = [enc(UNSEEN_TEMPLATE[0].split("{input}")[1]), enc(UNSEEN_SEPARATOR), enc(UNSEEN_TEMPLATE[1])]
-    corpus = Corpus(tok, [dict(s) for s in STAGES], seq_len=512)
-    starts = [0]
-    for st in STAGES[:-1]:
-        starts.append(starts[-1] + st["steps"])
+    general = [dict(st, labels="vocab", p_standard=0.3, implicit_size="small") for st in STAGES]
     seen_labels = 0
-    for step in starts:
-        ids, lab = corpus.batch(seed=0, step=step, batch_size=24)
-        for row, mask in zip(ids.tolist(), lab.tolist(), strict=True):
-            labels = {t for t, m in zip(row, mask, strict=True) if m}
-            seen_labels += sum(mask)
-            assert not labels & word_ids, [tok.id_to_token(t) for t in labels & word_ids]
-            text = "," + ",".join(map(str, row)) + ","
-            for pat in patterns:
-                assert "," + ",".join(map(str, pat)) + "," not in text, tok.decode(pat)
+    distinct: dict[str, set[int]] = {}
+    for name, stages in (("shipped", [dict(s) for s in STAGES]), ("general", general)):
+        corpus = Corpus(tok, stages, seq_len=512)
+        distinct[name] = set()
+        for stage in corpus.stages:
+            ids, lab = corpus.batch(seed=0, step=stage.start, batch_size=24)
+            for row, mask in zip(ids.tolist(), lab.tolist(), strict=True):
+                labels = {t for t, m in zip(row, mask, strict=True) if m}
+                distinct[name] |= labels
+                seen_labels += sum(mask)
+                assert not labels & word_ids, [tok.id_to_token(t) for t in labels & word_ids]
+                text = "," + ",".join(map(str, row)) + ","
+                for pat in patterns:
+                    assert "," + ",".join(map(str, pat)) + "," not in text, tok.decode(pat)
     assert seen_labels > 1000  # the streams were really sampled
+    # the pool: 48 words (+ defaults, digits, implicit answers); the vocabulary: far more
+    assert len(distinct["general"]) > 100 + len(distinct["shipped"]), {k: len(v) for k, v in distinct.items()}
+    corpus_words = set(corpus.label_vocab)
+    assert not words & corpus_words and len(corpus_words) > 4000
+    # every generated format differs from the held-out one, and some differ from the studies' separator
+    import random
+
+    from iclft.builtin.corpus import random_format
+
+    rng = random.Random(0)
+    formats = [random_format(rng) for _ in range(2000)]
+    assert all("review" not in t.lower() and "verdict" not in t.lower() and i != UNSEEN_TEMPLATE[1]
+               and s != UNSEEN_SEPARATOR for t, i, s in formats)
+    assert len({t for t, _, _ in formats}) > 200 and {s for _, _, s in formats} - {SEPARATOR}
 
 
 def test_small_implicit_size_draws_what_the_study_needs_and_the_study_uses_it(tmp_path):
@@ -298,3 +333,4 @@ def test_small_implicit_size_draws_what_the_study_needs_and_the_study_uses_it(tm
         task, tests = _tasks(ImplicitSpec(size=size), "parity", seed=0, n_train=16)
         heads[size] = max(len(e.input.split(" | ")[0]) for e in task.train + tests["clean"] + tests["misleading"])
     assert heads["small"] <= 5 < heads["paper"]
+

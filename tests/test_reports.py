@@ -102,13 +102,26 @@ def test_report_rerenders_a_run_all_directory_and_keeps_wall_time(all_quick):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith(str(all_quick / "report.html"))
     assert all((all_quick / s / "report.html").stat().st_mtime_ns > before[s] for s in STUDIES)
-    # rerunning the finished run resumes nothing and must not replace how long the run took
+    # rerunning the finished run resumes nothing and leaves its files as they are (`iclft report` re-renders)
+    files = ("manifest.json", "summary.json", "records.parquet", "report.html")
+    before = {(s, f): (all_quick / s / f).stat().st_mtime_ns for s in STUDIES for f in files}
     proc = subprocess.run([sys.executable, "-m", "iclft", "run", "all", "--quick", "--out", str(all_quick)], env=ENV,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for s in STUDIES:
         m = json.loads((all_quick / s / "manifest.json").read_text())
-        assert m["wall_time_s"] == wall[s] and "rerendered_at" in m
+        assert m["wall_time_s"] == wall[s]
+        assert all((all_quick / s / f).stat().st_mtime_ns == before[s, f] for f in files), s
+    # a run whose last shard is newer than its files (killed while finishing) is finished again, keeping its time
+    shard = next((all_quick / "dual" / "shards").glob("*.parquet"))
+    os.utime(shard, ns=(shard.stat().st_atime_ns, before["dual", "manifest.json"] + 10**9))
+    proc = subprocess.run([sys.executable, "-m", "iclft", "run", "all", "--quick", "--out", str(all_quick)], env=ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = json.loads((all_quick / "dual" / "manifest.json").read_text())
+    assert m["wall_time_s"] == wall["dual"] and "rerendered_at" in m
+    assert (all_quick / "dual" / "report.html").stat().st_mtime_ns > before["dual", "report.html"]
+    assert (all_quick / "convergence" / "report.html").stat().st_mtime_ns == before["convergence", "report.html"]
 
 
 def test_the_shipped_metric_definitions_are_the_projects():

@@ -229,6 +229,7 @@ def models_list():
 def models_eval(
     name: str = typer.Argument("builtin"),
     quick: bool = typer.Option(False, "--quick", help="fewer queries and seeds"),
+    size: str = typer.Option("paper", "--size", help="implicit item size: paper | small (SIZE_SMALL)"),
 ):
     """Ability table of a model (ICL, flipped labels, implicit patterns, LoRA) with 95% CIs."""
     _setup_logging()
@@ -239,7 +240,9 @@ def models_eval(
         if not builtin_available():
             raise UserError("no built-in model is shipped in this install")
         name = str(BUILTIN_DIR)
-    rows = abilities.ability_table(name, quick=quick)
+    if size not in ("paper", "small"):
+        raise UserError(f"--size must be paper or small, not {size!r}")
+    rows = abilities.ability_table(name, quick=quick, size=size)
     typer.echo(abilities.format_table(rows))
 
 

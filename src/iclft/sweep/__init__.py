@@ -53,8 +53,21 @@ def run_cells(cells: Sequence[Cell], executor=None, desc: str | None = None) -> 
             stats = executor.map(jobs, on_result) if jobs else {"executor": getattr(executor, "name", "local")}
         ran = {j.cell for j in jobs}
         for key, cell in zip(keys, cells, strict=True):
-            _finish(cell, stats, rerun=key not in ran)
+            if key in ran or not _finished(cell):
+                _finish(cell, stats, rerun=key not in ran)
     return [c.out for c in cells]
+
+
+def _finished(cell: Cell) -> bool:
+    """Whether OUT already holds this cell's finished files, written after its last shard: a rerun with nothing to
+    compute then leaves them as they are (rendering is most of a finished sweep's rerun; `iclft report` re-renders)."""
+    out = cell.out
+    files = [out / "records.parquet", out / "summary.json"] + ([out / "report.html"] if cell.study.render else [])
+    manifest = out / "manifest.json"
+    if not manifest.is_file() or not all(f.is_file() for f in files):
+        return False
+    newest = max((f.stat().st_mtime_ns for f in rundir.shard_dir(out).glob("*.parquet")), default=0)
+    return manifest.stat().st_mtime_ns >= newest
 
 
 def _finish(cell: Cell, stats: dict, rerun: bool = False) -> None:
