@@ -14,8 +14,16 @@ import pytest
 
 from iclft.metrics.stats import TINY_CHANGED
 from iclft.report.implicit import write_report
-from iclft.studies.implicit_patterns import ImplicitSpec, _acc_table, _changed_vs_zsl, _robustness, summarise
+from iclft.studies.implicit_patterns import (
+    ImplicitSpec,
+    _acc_table,
+    _changed_vs_zsl,
+    _robustness,
+    size_name,
+    summarise,
+)
 from iclft.sweep import run as run_registered
+from iclft.tasks.implicit import SIZE_SMALL
 from iclft.tuning.finetune import FinetuneSpec
 
 run = partial(run_registered, "implicit")
@@ -58,11 +66,22 @@ def test_summary_has_robustness_change_and_chance(tiny_run):
         assert r["icl"] == "icl_k2" and r["ft"] == f"ft_{m}_N8"
         assert r["effect"]["n"] == spec.seeds and -2 <= r["effect"]["mean"] <= 2
     assert set(s["changed_vs_zsl"]) == {"icl_k2", "ft_full_N8", "ft_lora_N8"}
+    # size `auto` on the built-in model: the small items it was pretrained on, stated in the summary and report
+    assert s["size"] == "small" and s["sizes"]["parity"] == SIZE_SMALL["parity"]
+    assert "head_len=" + str(SIZE_SMALL["parity"]["head_len"]) in (out / "report.html").read_text()
     for d in s["changed_vs_zsl"].values():
         assert d["method"] == "wilson" and 0 <= d["ci_low"] <= d["mean"] <= d["ci_high"] <= 1
     assert isinstance(s["warnings"], list)
     assert set(s["tuning"]) == set(spec.ft_methods)
     assert s["circuits"]["ft_setting"] == "ft_full_N8"
+
+
+def test_size_auto_is_small_only_on_the_builtin_model():
+    assert size_name(ImplicitSpec(model="builtin")) == "small"
+    assert size_name(ImplicitSpec(model="gpt2")) == "paper"
+    assert size_name(ImplicitSpec(model="/some/dir")) == "paper"
+    assert size_name(ImplicitSpec(model="builtin", size="paper")) == "paper"
+    assert size_name(ImplicitSpec(model="gpt2", size="small")) == "small"
 
 
 def test_robustness_headline_has_a_value(tiny_run):

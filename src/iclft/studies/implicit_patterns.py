@@ -67,9 +67,9 @@ class ImplicitSpec(RunSpec):
     seeds: int = Field(5, ge=1, description="number of seeds (task draws, demonstrations, FT data order)")
     families: list[Literal[FAMILIES]] = Field(list(FAMILIES), min_length=1, description="implicit-pattern families")
     rules: dict[str, str] = Field({}, description="family -> rule; default: the held-out rule (DEFAULT_RULE)")
-    size: Literal["paper", "small"] = Field(
-        "paper", description="item sizes: paper (SIZE_DEFAULTS) or small (SIZE_SMALL: operands in [-3, 3], "
-                             "one operation, three edges, nine bits)")
+    size: Literal["auto", "paper", "small"] = Field(
+        "auto", description="item sizes: paper (SIZE_DEFAULTS), small (SIZE_SMALL: operands in [-3, 3], one "
+                            "operation, three edges, nine bits), auto: small on the built-in model, paper otherwise")
     n_eval: int = Field(8, ge=1, description="test items per variant (clean / misleading) per seed")
     k_values: list[NonNegativeInt] = Field([0, 2, 8], min_length=1,
                                            description="ICL numbers of demonstrations")
@@ -111,8 +111,16 @@ def _rule(spec: ImplicitSpec, family: str) -> str:
     return spec.rules.get(family, DEFAULT_RULE[family])
 
 
+def size_name(spec: ImplicitSpec) -> str:
+    """The item size the run uses (`auto` resolved from the model: the built-in model was pretrained at the small
+    size, other models get the paper's)."""
+    if spec.size != "auto":
+        return spec.size
+    return "small" if spec.model == "builtin" else "paper"
+
+
 def _size(spec: ImplicitSpec, family: str) -> dict[str, int]:
-    return SIZES[spec.size][family]
+    return SIZES[size_name(spec)][family]
 
 
 def _ft_spec(spec: ImplicitSpec, method: str) -> FinetuneSpec:
@@ -363,7 +371,7 @@ def summarise(records: pd.DataFrame, spec: ImplicitSpec, model_info: dict) -> di
                      "builtin_stand_in": bool(model_info.get("builtin_stand_in")),
                      "n_seeds": int(records["seed"].nunique()), "families": list(spec.families),
                      "rules": {f: _rule(spec, f) for f in spec.families}, "settings": settings,
-                     "size": spec.size, "sizes": {f: _size(spec, f) for f in spec.families},
+                     "size": size_name(spec), "sizes": {f: _size(spec, f) for f in spec.families},
                      "n_eval": spec.n_eval}
 
     def cell(fam, setting, variant):
