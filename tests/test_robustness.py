@@ -84,10 +84,12 @@ def test_cuda_without_cuda_is_one_error_line(tmp_path):
 def test_corrupted_run_files_given_to_report_are_one_error_line(tmp_path):
     out = run_study(TOY, ToySpec(), tmp_path / "run")
     (out / "summary.json").write_text("{not json")
-    _fails_cleanly(["report", str(out)], "unreadable run files")
+    _fails_cleanly(["report", str(out)], "summary.json changed after the run finished")
     (out / "summary.json").write_text(json.dumps({"study": "toy"}))
     (out / "records.parquet").write_bytes(b"PAR1 garbage")
-    _fails_cleanly(["report", str(out)], "unreadable run files")
+    _fails_cleanly(["report", str(out)], "records.parquet, summary.json changed after the run finished")
+    (out / "finished.json").unlink()
+    _fails_cleanly(["report", str(out)], "not a finished run directory (missing finished.json)")
 
 
 def test_sharded_checkpoints_are_hashed_and_a_changed_shard_changes_the_identity(tmp_path):

@@ -66,7 +66,7 @@ def test_toy_study_runs_end_to_end_and_resumes(tmp_path):
     assert (out / "report.html").read_text() == "<p>1.5 over 6 rows, scale 2.0</p>"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["study"] == "toy" and manifest["units"] == 3 and manifest["seeds"] == [0, 1, 2]
-    assert sorted(p.name for p in (out / "shards").iterdir()) == ["s0.parquet", "s1.parquet", "s2.parquet"]
+    assert sorted(p.name for p in (out / "shards").glob("*.parquet")) == ["s0.parquet", "s1.parquet", "s2.parquet"]
     assert not (out / "examples.json").exists()
 
     (out / "shards" / "s1.parquet").unlink()  # as if killed during s1: a rerun computes s1 alone

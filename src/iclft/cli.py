@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -80,24 +81,26 @@ def run(
         on_cpu = all(s.device == "cpu" for s in specs.values())
         workers = 2 if on_cpu and (os.cpu_count() or 1) >= 2 else 1
     runner = _executor(executor, ray_address, workers, gpus_per_worker, retries)
+    from iclft import rundir
     from iclft.registry import STUDIES
     from iclft.studies.protocol import prepare
     from iclft.sweep import run_cells
 
     remote = executor != "local"
-    cells = [prepare(STUDIES[name], s, out / name if study == "all" else out, keep_context=not remote)
-             for name, s in specs.items()]
-    for cell in cells:  # one start banner per study instead of the libraries' unlabelled bars
-        info = cell.info
-        typer.echo(f"{cell.study.name}: model {info.get('model')} ({info.get('family')}, "
-                   f"{info.get('n_params', 0):,} parameters, {cell.spec.device}), {len(cell.units)} units, "
-                   f"preset {cell.spec.preset} -> {cell.out}", err=True)
-    paths = run_cells(cells, runner)
-    if study == "all":
-        from iclft.report.index import write_index
+    with rundir.open_root(out, "run all") if study == "all" else contextlib.nullcontext():
+        cells = [prepare(STUDIES[name], s, out / name if study == "all" else out, keep_context=not remote)
+                 for name, s in specs.items()]
+        for cell in cells:  # one start banner per study instead of the libraries' unlabelled bars
+            info = cell.info
+            typer.echo(f"{cell.study.name}: model {info.get('model')} ({info.get('family')}, "
+                       f"{info.get('n_params', 0):,} parameters, {cell.spec.device}), {len(cell.units)} units, "
+                       f"preset {cell.spec.preset} -> {cell.out}", err=True)
+        paths = run_cells(cells, runner)
+        if study == "all":
+            from iclft.report.index import write_index
 
-        typer.echo(f"report: {write_index(out, dict(zip(specs, paths, strict=True)))}")
-        return
+            typer.echo(f"report: {write_index(out, dict(zip(specs, paths, strict=True)))}")
+            return
     typer.echo(f"report: {paths[0] / 'report.html'}")
 
 

@@ -13,6 +13,7 @@ Every file is written atomically (a temporary file renamed into place), so a kil
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -53,6 +54,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, quota, I/O error: the old file (if any) is untouched
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"cannot write {str(path)!r}: {exc.strerror or exc}; nothing was half-written, and "
+                        "rerunning the same command resumes") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -95,9 +100,53 @@ def identity(model_info: dict) -> dict:
             "model_sha256": model_info.get("model_sha256"), "stand_in": model_info.get("builtin_stand_in")}
 
 
+LOCK = ".lock"
+FINISHED = "finished.json"  # SHA-256 of every file the report reads, written last: edits after the run show
+
+
+def within(root: Path, *parts: str) -> Path:
+    """root/parts, refused unless it resolves inside root: names from a sweep file, a unit id or a study name must
+    never write elsewhere (`../x`, `/abs/x`, a symlink out)."""
+    root = Path(root)
+    path = root.joinpath(*parts)
+    top, real = root.resolve(), path.resolve()
+    if real != top and top not in real.parents:
+        raise UserError(f"{'/'.join(parts)!r} would write outside {str(root)!r}; names must be plain "
+                        "(letters, digits, '.', '_', '-')")
+    return path
+
+
+@contextmanager
+def _locked(out: Path):
+    """An exclusive lock on the run directory for as long as a run writes to it; the kernel drops it when the
+    process dies, so a killed run never leaves a stale lock."""
+    import fcntl
+
+    fh = open(out / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the whole run
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            raise UserError(f"{str(out)!r} is in use by another iclft run (pid {holder}); wait for it to finish or "
+                            "choose another --out") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        yield
+    finally:
+        fh.close()  # releases the lock
+
+
+def _entries(out: Path) -> list[Path]:
+    return [p for p in out.iterdir() if p.name != LOCK]
+
+
 @contextmanager
 def open_run(out: Path, spec: BaseModel, ident: dict | None = None):
-    """Create (or resume) OUT.
+    """Create (or resume) OUT, locked against a second run writing to it.
 
     Resuming needs the same spec and the same identity (iclft version, model hash): shards computed by other
     code or weights must not be mixed in. A fresh directory that fails with an input error before any unit
@@ -109,35 +158,175 @@ def open_run(out: Path, spec: BaseModel, ident: dict | None = None):
     text = spec_yaml(spec)
     ident_text = json.dumps(ident or {}, sort_keys=True)
     created = not out.exists()
-    if not created:
-        old = out / "spec.yaml"
-        if old.is_file():
-            if old.read_text(encoding="utf-8") != text:
-                raise UserError(f"{str(out)!r} holds a run with a different spec; choose another --out")
-            old_ident = out / "identity.json"
-            if old_ident.is_file() and old_ident.read_text(encoding="utf-8").strip() != ident_text:
-                raise UserError(f"{str(out)!r} was started by another iclft version or model weights; "
-                                "choose another --out")
-        elif any(out.iterdir()):
-            raise UserError(f"{str(out)!r} exists and is not an iclft run directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create {str(out)!r}: {exc.strerror or exc}") from None
+    with _locked(out):  # a second run on OUT fails here, before it could remove or change anything
+        try:
+            old = out / "spec.yaml"
+            if old.is_file():
+                if old.read_text(encoding="utf-8") != text:
+                    raise UserError(f"{str(out)!r} holds a run with a different spec; choose another --out")
+                old_ident = out / "identity.json"
+                if old_ident.is_file() and old_ident.read_text(encoding="utf-8").strip() != ident_text:
+                    raise UserError(f"{str(out)!r} was started by another iclft version or model weights; "
+                                    "choose another --out")
+            elif _entries(out):
+                raise UserError(f"{str(out)!r} exists and is not an iclft run directory")
+            atomic_write_text(out / "spec.yaml", text)
+            atomic_write_text(out / "identity.json", ident_text + "\n")
+            yield out
+        except BaseException:
+            # Whatever failed (an input error, a bug, Ctrl-C), a directory this run created and in which no unit
+            # finished is removed, so that a corrected rerun starts clean; finished shards are never thrown away.
+            if created and not any(shard_dir(out).glob("*.parquet")):
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+
+
+ROOT_MARK = ".iclft"  # what kind of directory of runs this is ("run all", "sweep")
+
+
+@contextmanager
+def open_root(out: Path, kind: str):
+    """A directory holding several runs (`run all`, a sweep): new, empty, or one made by the same kind of command
+    (rerun to resume) -- never an unrelated directory. Removed again if it was new and no unit finished."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file, not a directory")
+    created = not out.exists()
+    mark = out / ROOT_MARK
+    if not created and any(out.iterdir()):
+        found = mark.read_text(encoding="utf-8").strip() if mark.is_file() else None
+        if found != kind:
+            what = f"holds an iclft {found} run" if found else "exists and is not an iclft directory"
+            raise UserError(f"{str(out)!r} {what}; choose another --out for `iclft {kind}`")
     try:
-        atomic_write_text(out / "spec.yaml", text)
-        atomic_write_text(out / "identity.json", ident_text + "\n")
+        atomic_write_text(mark, kind + "\n")
         yield out
     except BaseException:
-        # Whatever failed (an input error, a bug, Ctrl-C), a directory this run created and in which no unit
-        # finished is removed, so that a corrected rerun starts clean; finished shards are never thrown away.
-        if created and not any(shard_dir(out).glob("*.parquet")):
+        if created and not any(out.rglob("shards/*.parquet")):
             shutil.rmtree(out, ignore_errors=True)
         raise
 
 
+UNIT_BYTES = 1024  # driver memory per unit (its Unit, job and bookkeeping; ~0.7 KB measured), rounded up
+SHARD_BYTES = 8192  # disk per finished unit at least: a shard and its checksum, one 4 KiB block each
+
+
+def check_size(name: str, n_units: int, out: Path) -> None:
+    """Refuse, before anything is allocated or written, a run whose units alone cannot fit this machine's memory
+    or OUT's disk (e.g. `--set seeds=100000000`), with the estimate."""
+    need_mem, need_disk = n_units * UNIT_BYTES, n_units * SHARD_BYTES
+    have_mem = _available_memory()
+    probe = Path(out).absolute()
+    while not probe.exists():
+        probe = probe.parent
+    vfs = os.statvfs(probe)
+    have_disk, have_files = vfs.f_bavail * vfs.f_frsize, vfs.f_favail
+    short = []
+    if have_mem is not None and need_mem > have_mem:
+        short.append(f"~{_size(need_mem)} of memory to track them ({_size(have_mem)} available)")
+    if need_disk > have_disk:
+        short.append(f"~{_size(need_disk)} of disk for their shards ({_size(have_disk)} free)")
+    if have_files and 2 * n_units > have_files:  # f_favail is 0 where a filesystem does not count inodes
+        short.append(f"{2 * n_units:,} files ({have_files:,} free on that filesystem)")
+    if short:
+        raise UserError(f"{name}: {n_units:,} units would need {' and '.join(short)}; lower seeds (or the sizes "
+                        "that multiply them)")
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PB"  # pragma: no cover
+
+
 def shard_dir(out: Path) -> Path:
     return Path(out) / "shards"
+
+
+def shard_path(out: Path, unit_id: str) -> Path:
+    return within(shard_dir(out), f"{unit_id}.parquet")
+
+
+def write_shard(out: Path, unit_id: str, df: pd.DataFrame) -> None:
+    """The unit's rows, then their checksum: a shard without a matching checksum is not finished."""
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    data = buf.getvalue()
+    path = shard_path(out, unit_id)
+    atomic_write_bytes(path, data)
+    atomic_write_text(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest() + "\n")
+
+
+def shard_state(out: Path, unit_id: str) -> str:
+    """"done", "missing", or "bad" (truncated, overwritten, or written without its checksum)."""
+    path = shard_path(out, unit_id)
+    if not path.is_file():
+        return "missing"
+    check = path.with_suffix(".sha256")
+    try:
+        want = check.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return "bad"
+    return "done" if _sha256(path) == want else "bad"
+
+
+def drop_shard(out: Path, unit_id: str) -> None:
+    path = shard_path(out, unit_id)
+    path.unlink(missing_ok=True)
+    path.with_suffix(".sha256").unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+FINISHED_FILES = ("spec.yaml", "identity.json", "records.parquet", "summary.json", "manifest.json")
+
+
+def write_finished(out: Path) -> None:
+    """Checksums of the files a report is rendered from, written after all of them."""
+    out = Path(out)
+    atomic_write_json(out / FINISHED, {"sha256": {f: _sha256(out / f) for f in FINISHED_FILES}})
+
+
+def check_finished(out: Path) -> None:
+    """A UserError naming each file changed since the run finished (an edited manifest or spec would otherwise be
+    rendered as if true)."""
+    out = Path(out)
+    try:
+        recorded = json.loads((out / FINISHED).read_text(encoding="utf-8"))["sha256"]
+    except FileNotFoundError:
+        raise UserError(f"{str(out)!r} is not a finished run directory (missing {FINISHED})") from None
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{str(out)!r}: {FINISHED} is unreadable") from None
+    changed = [f for f in FINISHED_FILES if not (out / f).is_file() or _sha256(out / f) != recorded.get(f)]
+    if changed:
+        raise UserError(f"{str(out)!r}: {', '.join(changed)} changed after the run finished (SHA-256 differs from "
+                        f"{FINISHED}); restore the file(s) or rerun the study into a new --out")
 
 
 def write_records(out: Path, records: pd.DataFrame) -> None:
@@ -186,6 +375,8 @@ def write_manifest(out: Path, data: dict) -> None:
 def read_finished(run_dir: Path) -> tuple[dict, pd.DataFrame, dict, dict]:
     """(summary, records, spec fields, model info) of a finished run directory."""
     run_dir = Path(run_dir)
+    if (run_dir / "summary.json").is_file():
+        check_finished(run_dir)
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
         records = pd.read_parquet(run_dir / "records.parquet")

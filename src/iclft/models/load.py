@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from iclft import UserError
@@ -127,7 +128,7 @@ def _from_pretrained(name: str, path: str, attn_implementation: str, trust_remot
             trust_remote_code=trust_remote_code,
             attn_implementation=attn_implementation,
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:  # SafetensorError: a truncated or garbage weights file
         where = "local path" if local else "hub id (is the network or HF cache available?)"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load model {name!r} as a {where}: {first}") from None

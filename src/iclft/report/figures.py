@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -9,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from iclft.rundir import atomic_write_bytes  # noqa: E402
 
 # One colour-blind safe palette (Okabe & Ito 2008) with one meaning per setting in every figure of every report.
 OKABE_ITO = {"black": "#000000", "orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73", "yellow": "#F0E442",
@@ -54,10 +57,9 @@ def save(fig, path: Path) -> Path:
             fig.tight_layout()
     for suffix, extra in ((".png", {"pil_kwargs": {"compress_level": 1}}), (".svg", {})):
         # zlib level 1: reports write dozens of 300 dpi PNGs, and the default level was a large part of their time
-        target = path.with_suffix(suffix)
-        tmp = target.with_suffix(".tmp" + suffix)
-        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", **extra)
-        tmp.replace(target)
+        buf = io.BytesIO()
+        fig.savefig(buf, format=suffix[1:], dpi=DPI, bbox_inches="tight", **extra)
+        atomic_write_bytes(path.with_suffix(suffix), buf.getvalue())  # a unique temporary name, then a rename
     plt.close(fig)
     return path
 

@@ -6,10 +6,11 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from yaml import YAMLError
 
 from iclft import UserError
+from iclft.yamlfile import loads, read_yaml
 
 
 class RunSpec(BaseModel):
@@ -45,19 +46,17 @@ def load_spec(
     """
     data: dict = {}
     if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise UserError(f"spec file {str(path)!r} does not exist") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" (line {mark.line + 1})" if mark else ""
-            raise UserError(f"malformed YAML in {str(path)!r}{where}: {getattr(exc, 'problem', exc)}") from None
+        data = read_yaml(path, "spec file")
+        if data is None:
+            data = {}
         if not isinstance(data, dict):
             raise UserError(f"spec file {str(path)!r} must hold a mapping of fields, not {type(data).__name__}")
         if section is not None:
-            own = data.get(section) or {}
-            data = merge({k: v for k, v in data.items() if k not in {section, *sections}}, own)
+            own = data.get(section)
+            if own is not None and not isinstance(own, dict):
+                raise UserError(f"spec file {str(path)!r}: section {section!r} must be a mapping of fields, "
+                                f"not {type(own).__name__}")
+            data = merge({k: v for k, v in data.items() if k not in {section, *sections}}, own or {})
     data = merge(merge(merge(cls().model_dump(), preset or {}), data), overrides)
     check_fields(cls, data)
     try:
@@ -86,10 +85,19 @@ def check_fields(cls: type[BaseModel], data: dict, prefix: str = "") -> None:
         field = cls.model_fields.get(key)
         if field is None:
             raise UserError(f"unknown spec field {prefix + str(key)!r}; known: {', '.join(cls.model_fields)}")
+        if isinstance(value, bool) and bool not in _types(field.annotation) and _types(field.annotation) & {int, float}:
+            # pydantic reads true as 1: `seeds=true` would silently run one seed
+            raise UserError(f"invalid spec field {prefix + str(key)!r}: a number is needed, not {value!r}")
         nested = [t for t in (field.annotation, *get_args(field.annotation))
                   if isinstance(t, type) and get_origin(t) is None and issubclass(t, BaseModel)]  # list[int]: 3.10
         if nested and isinstance(value, dict):
             check_fields(nested[0], value, f"{prefix}{key}.")
+
+
+def _types(annotation) -> set:
+    """The plain types an annotation admits: int | None -> {int, NoneType}."""
+    args = get_args(annotation) if get_origin(annotation) is not Literal else ()
+    return {t for t in (args or (annotation,)) if isinstance(t, type)}
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -101,8 +109,8 @@ def parse_sets(items: list[str]) -> dict:
         if not eq or not all(path):
             raise UserError(f"--set expects FIELD=VALUE (nested fields with dots: lora.steps=5), not {item!r}")
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError:
+            value = loads(text)
+        except YAMLError:
             raise UserError(f"--set {key}: {text!r} is not a valid YAML value") from None
         node = out
         for part in path[:-1]:

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from iclft import rundir
 from iclft.studies.common import RunSpec
 
 
@@ -51,7 +52,7 @@ class Study:
     presets: dict[str, dict]  # "quick" and "paper", over the class defaults ("default")
     # Loads the model and whatever every unit needs, and checks every input, before OUT is touched.
     setup: Callable[[RunSpec], Context]
-    units: Callable[[RunSpec, Context], list[Unit]]
+    units: Callable[[RunSpec, Context], list[Unit]]  # the same units for every seed (`prepare` counts on it)
     run_unit: Callable[[RunSpec, Context, Unit], pd.DataFrame]
     # summarise(records, spec, model_info): everything the report shows, JSON-ready
     summarise: Callable[[pd.DataFrame, RunSpec, dict], dict]
@@ -94,6 +95,8 @@ def prepare(study: Study, spec: RunSpec, out: Path, keep_context: bool = True) -
         if not torch.cuda.is_available():
             on_driver = spec.model_copy(update={"device": "cpu"})
     context = study.setup(on_driver)
+    # units are the same for every seed: count them on one seed before listing them all
+    rundir.check_size(study.name, len(study.units(spec.model_copy(update={"seeds": 1}), context)) * spec.seeds, out)
     units = study.units(spec, context)
     ids = [u.id for u in units]
     if len(set(ids)) != len(ids):

@@ -11,6 +11,7 @@ or distributed run equals an uninterrupted local one row for row.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from iclft import rundir
+from iclft import UserError, rundir
 from iclft.studies.common import RunSpec
 from iclft.studies.protocol import Cell, Study, prepare
 from iclft.sweep.executors import Job, LocalExecutor
@@ -39,7 +40,7 @@ def run_cells(cells: Sequence[Cell], executor=None, desc: str | None = None) -> 
             if cell.examples:
                 rundir.write_examples(cell.out, cell.examples)
         jobs = [Job(key, c.study.setup, c.study.run_unit, c.spec, u) for key, c in zip(keys, cells, strict=True)
-                for u in c.units if not (rundir.shard_dir(c.out) / f"{u.id}.parquet").exists()]
+                for u in _to_run(c)]
         total = sum(len(c.units) for c in cells)
         label = desc or (cells[0].study.name if len(cells) == 1 else "units")
         with tqdm(total=total, initial=total - len(jobs), desc=label, unit="unit", dynamic_ncols=True) as bar:
@@ -47,7 +48,7 @@ def run_cells(cells: Sequence[Cell], executor=None, desc: str | None = None) -> 
 
             def on_result(job: Job, df: pd.DataFrame) -> None:
                 df.insert(0, "unit", job.unit.id)
-                rundir.atomic_write_parquet(df, rundir.shard_dir(by_key[job.cell].out) / f"{job.unit.id}.parquet")
+                rundir.write_shard(by_key[job.cell].out, job.unit.id, df)
                 bar.update(1)
 
             stats = executor.map(jobs, on_result) if jobs else {"executor": getattr(executor, "name", "local")}
@@ -58,13 +59,31 @@ def run_cells(cells: Sequence[Cell], executor=None, desc: str | None = None) -> 
     return [c.out for c in cells]
 
 
+def _to_run(cell: Cell) -> list:
+    """The cell's units without a finished shard. A shard that fails its checksum (truncated, overwritten) is
+    reported in one line and computed again."""
+    states = {u.id: rundir.shard_state(cell.out, u.id) for u in cell.units}
+    bad = [uid for uid, state in states.items() if state == "bad"]
+    if bad:
+        print(f"note: {cell.out}: {len(bad)} shard(s) failed their checksum and are recomputed: "
+              f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}", file=sys.stderr)
+        for uid in bad:
+            rundir.drop_shard(cell.out, uid)
+    return [u for u in cell.units if states[u.id] != "done"]
+
+
 def _finished(cell: Cell) -> bool:
     """Whether OUT already holds this cell's finished files, written after its last shard: a rerun with nothing to
     compute then leaves them as they are (rendering is most of a finished sweep's rerun; `iclft report` re-renders)."""
     out = cell.out
-    files = [out / "records.parquet", out / "summary.json"] + ([out / "report.html"] if cell.study.render else [])
+    files = [out / "records.parquet", out / "summary.json", out / rundir.FINISHED] + (
+        [out / "report.html"] if cell.study.render else [])
     manifest = out / "manifest.json"
     if not manifest.is_file() or not all(f.is_file() for f in files):
+        return False
+    try:
+        rundir.check_finished(out)
+    except UserError:  # a file edited or damaged after the run: written again from the shards
         return False
     newest = max((f.stat().st_mtime_ns for f in rundir.shard_dir(out).glob("*.parquet")), default=0)
     return manifest.stat().st_mtime_ns >= newest
@@ -72,8 +91,7 @@ def _finished(cell: Cell) -> bool:
 
 def _finish(cell: Cell, stats: dict, rerun: bool = False) -> None:
     study, spec, out = cell.study, cell.spec, cell.out
-    shards = rundir.shard_dir(out)
-    records = pd.concat([pd.read_parquet(shards / f"{u.id}.parquet") for u in cell.units], ignore_index=True)
+    records = pd.concat([pd.read_parquet(rundir.shard_path(out, u.id)) for u in cell.units], ignore_index=True)
     rundir.write_records(out, records)
     summary = study.summarise(records, spec, cell.info)
     rundir.write_summary(out, summary)
@@ -98,6 +116,7 @@ def _finish(cell: Cell, stats: dict, rerun: bool = False) -> None:
         except (ValueError, KeyError):
             pass
     rundir.write_manifest(out, manifest)
+    rundir.write_finished(out)
 
 
 def run_study(study: Study, spec: RunSpec, out: Path, executor=None) -> Path:

@@ -19,21 +19,23 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from iclft import UserError
+from iclft import UserError, rundir
+from iclft.yamlfile import read_yaml
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"  # a plain directory name: never `..`, `/abs` or `a/b`
 
 
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(..., description="short name: the cell directory and the comparison's column")
+    name: str = Field(..., pattern=NAME, description="short name: the cell directory and the comparison's column")
     model: str = Field(..., description="'builtin', a hub id or a local path")
 
 
 class Variant(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(..., description="short name, appended to the cell directory")
+    name: str = Field(..., pattern=NAME, description="short name, appended to the cell directory")
     set: dict = Field({}, description="spec fields over the sweep's spec (study sections allowed)")
 
 
@@ -54,16 +56,11 @@ class SweepSpec(BaseModel):
 
 
 def _slug(model: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model.rstrip("/")).name or model).strip("_") or "model"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(model.rstrip("/")).name or model).strip("._-") or "model"
 
 
 def load_sweep(path: Path) -> SweepSpec:
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"sweep file {str(path)!r} does not exist") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"malformed YAML in {str(path)!r}: {getattr(exc, 'problem', exc)}") from None
+    data = read_yaml(path, "sweep file")
     if not isinstance(data, dict):
         raise UserError(f"sweep file {str(path)!r} must hold a mapping (models, studies, ...)")
     try:
@@ -94,20 +91,23 @@ def cells(sweep: SweepSpec, out: Path, quick: bool = False) -> list[tuple[str, o
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
 
-    def section(data: dict, study: str) -> dict:
+    def section(data: dict, study: str, where: str) -> dict:
         shared = {k: v for k, v in data.items() if k not in STUDIES}
-        return merge(shared, data.get(study) or {})
+        own = data.get(study)
+        if own is not None and not isinstance(own, dict):
+            raise UserError(f"sweep {where}: section {study!r} must be a mapping of fields, not {type(own).__name__}")
+        return merge(shared, own or {})
 
     result = []
     for m in sweep.models:
         for variant in sweep.variants or [None]:
             name = m.name if variant is None else f"{m.name}__{variant.name}"
             for study in studies:
-                over = merge(section(sweep.spec, study), {"model": m.model})
+                over = merge(section(sweep.spec, study, "spec"), {"model": m.model})
                 if variant is not None:
-                    over = merge(over, section(variant.set, study))
+                    over = merge(over, section(variant.set, study, f"variant {variant.name!r}"))
                 spec = load_spec(STUDIES[study].spec, None, over, preset=STUDIES[study].presets.get(preset))
-                result.append((study, spec, Path(out) / name / study))
+                result.append((study, spec, rundir.within(out, name, study)))
     return result
 
 
@@ -121,6 +121,8 @@ def run_sweep(path: Path, out: Path, executor, quick: bool = False) -> Path:
 
     sweep = load_sweep(path)
     plan = cells(sweep, out, quick)
-    prepared = [prepare(STUDIES[study], spec, cell_out, keep_context=False) for study, spec, cell_out in plan]
-    run_cells(prepared, executor, desc="sweep")
-    return write_compare(out, [c.out for c in prepared], title="iclft sweep — models × studies", page="index.html")
+    with rundir.open_root(out, "sweep"):
+        prepared = [prepare(STUDIES[study], spec, cell_out, keep_context=False) for study, spec, cell_out in plan]
+        run_cells(prepared, executor, desc="sweep")
+        return write_compare(out, [c.out for c in prepared], title="iclft sweep — models × studies",
+                             page="index.html")
