@@ -207,6 +207,8 @@ def test_report_of_an_edited_run_is_one_error_line(tmp_path):
     out = run_study(FAULTS, FaultSpec(), tmp_path / "run")
     (out / "summary.json").write_text((out / "summary.json").read_text().replace('"n_seeds": 3', '"n_seeds": 30'))
     assert "summary.json changed after the run finished" in _error_line(runner.invoke(app, ["report", str(out)]))
+    result = runner.invoke(app, ["compare", str(out), "--out", str(tmp_path / "cmp")])
+    assert "summary.json changed after the run finished" in _error_line(result)
 
 
 # 10. sizes that cannot fit are refused up front

@@ -241,7 +241,32 @@ def layer_intervals(matrix: Any, metric: str, confidence: float = 0.95) -> dict[
 
 MIN_SEEDS = 5  # below this a comparison says "too few seeds to tell" (Wilcoxon cannot reach p < .05 below 6)
 ALPHA = 0.05
-REPRODUCED, NOT_REPRODUCED, TOO_FEW = "reproduced", "not reproduced", "too few seeds to tell"
+# The five verdicts, each with one meaning (a "not testable" verdict carries its reason after a colon).
+REPRODUCED = "reproduced"  # >= MIN_SEEDS, Holm p < ALPHA, the effect's interval on the claimed side, effect >= SESOI
+OPPOSITE = "opposite"  # the same evidence, on the other side
+INCONCLUSIVE = "inconclusive"  # enough seeds, but the interval spans 0 or the effect is below the SESOI
+NOT_TESTABLE = "not testable"  # a precondition of the claim fails: "not testable: <reason>"
+TOO_FEW = "too few seeds to tell"
+VERDICTS = (REPRODUCED, OPPOSITE, INCONCLUSIVE, NOT_TESTABLE, TOO_FEW)
+
+
+def verdict_kind(v: str) -> str:
+    """The verdict word of a verdict string ("not testable: the model is at floor" -> "not testable")."""
+    return NOT_TESTABLE if v.startswith(NOT_TESTABLE) else v
+
+
+def not_testable(reason: str) -> str:
+    return f"{NOT_TESTABLE}: {reason}"
+
+
+# Smallest effect of interest per kind of quantity: a consistent difference smaller than this is "inconclusive".
+SESOI_DEFAULTS = {"difference": 0.02, "correlation": 0.1}
+
+
+def sesoi_kind(metric: str) -> str:
+    """Correlations (per-seed r, rank correlations) get the correlation SESOI; every other quantity (cosines,
+    accuracies, proportions and their differences) the difference SESOI."""
+    return "correlation" if quantity(metric).method == "fisher_z" or metric.startswith("kendall") else "difference"
 
 
 def compare(a: Any, b: Any, metric: str) -> dict:
@@ -276,65 +301,100 @@ def holm(pvalues: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def verdict(test: dict, p_adjusted: float | None, direction: int = 1) -> str:
-    """Reproduced when the claimed direction holds: the difference's interval excludes 0 on the claimed side and
-    the (multiplicity-adjusted) p < ALPHA. Too few seeds or zero variance: no verdict either way."""
+def verdict(test: dict, p_adjusted: float | None, direction: int = 1, sesoi: float = 0.0) -> str:
+    """`reproduced` when the claimed direction holds: the difference's interval excludes 0 on the claimed side,
+    the (multiplicity-adjusted) p < ALPHA and the mean difference is at least `sesoi`; `opposite` when the same
+    holds on the other side; else `inconclusive`. Fewer than MIN_SEEDS seeds: `too few seeds to tell`. Seeds that
+    all agree (zero variance) are decided by the interval and p, like any others."""
     d = test["diff"]
-    if d["n"] < MIN_SEEDS or not d["sd"] > 0:
+    if d["n"] < MIN_SEEDS:
         return TOO_FEW
-    side = d["ci_low"] > 0 if direction > 0 else d["ci_high"] < 0
     p = test["t_p"] if p_adjusted is None else p_adjusted
-    return REPRODUCED if side and p == p and p < ALPHA else NOT_REPRODUCED
+    if not (p == p and p < ALPHA) or abs(d["mean"]) < sesoi:
+        return INCONCLUSIVE
+    claimed = d["ci_low"] > 0 if direction > 0 else d["ci_high"] < 0
+    other = d["ci_high"] < 0 if direction > 0 else d["ci_low"] > 0
+    return REPRODUCED if claimed else OPPOSITE if other else INCONCLUSIVE
+
+
+def level_verdict(value: dict, threshold: float, sesoi: float = 0.0) -> str:
+    """A claim that a quantity lies above a level (the paper's Rec2FTP > 50 %), read off its interval: above the
+    level by at least `sesoi` -> reproduced, below it by as much -> opposite. Seeds that all agree are fine (a
+    pooled proportion's interval is still an interval)."""
+    if value["n"] < MIN_SEEDS or value["ci_low"] != value["ci_low"]:
+        return TOO_FEW
+    if value["ci_low"] > threshold and value["mean"] - threshold >= sesoi:
+        return REPRODUCED
+    if value["ci_high"] < threshold and threshold - value["mean"] >= sesoi:
+        return OPPOSITE
+    return INCONCLUSIVE
 
 
 def headline(claim: str, metric: str, value: dict, paper: str, test: dict | None = None, direction: int = 1,
-             threshold: float | None = None, percent: bool = False) -> dict:
+             threshold: float | None = None, percent: bool = False, sesoi: float = 0.0,
+             untestable: str | None = None) -> dict:
     """One headline finding of a study: the claim a paper makes, this run's value, the paper's value and the test
     behind the verdict (filled in by `judge`). With no test, the claim is `value > threshold` read off the
     interval (used where the paper states a level, not a comparison). `percent`: shown ×100 with "%", as the
-    paper prints it. A study may add a `caveat` (e.g. the tuning compared barely changed the model)."""
+    paper prints it. `sesoi`: the smallest effect of interest, on the scale of the test's difference (or of the
+    value above the threshold). `untestable`: the reason a precondition of the claim fails, if one does (the
+    verdict is then "not testable: <reason>" and the test stays out of the Holm family). A study may add a
+    `caveat` (e.g. the tuning compared barely changed the model)."""
     return {"claim": claim, "metric": metric, "value": value, "paper": paper, "test": test, "direction": direction,
-            "threshold": threshold, "percent": percent, "caveat": None}
+            "threshold": threshold, "percent": percent, "sesoi": sesoi, "untestable": untestable, "caveat": None}
 
 
 def judge(headlines: list[dict]) -> list[dict]:
-    """Holm-adjust the p-values of a study's headline tests together, then give each headline its verdict."""
-    adj = holm({str(i): h["test"]["t_p"] for i, h in enumerate(headlines) if h["test"] is not None})
+    """Holm-adjust the p-values of a study's testable headline tests together, then give each its verdict."""
+    adj = holm({str(i): h["test"]["t_p"] for i, h in enumerate(headlines)
+                if h["test"] is not None and not h.get("untestable")})
     for i, h in enumerate(headlines):
-        if h["test"] is not None:
-            h["p_holm"] = adj[str(i)]
-            h["verdict"] = verdict(h["test"], adj[str(i)], h["direction"])
+        h["p_holm"] = adj.get(str(i), NAN)
+        if h.get("untestable"):
+            h["verdict"] = not_testable(h["untestable"])
+        elif h["test"] is not None:
+            h["verdict"] = verdict(h["test"], h["p_holm"], h["direction"], h.get("sesoi", 0.0))
         else:
-            v = h["value"]
-            enough = v["n"] >= MIN_SEEDS and v["sd"] == v["sd"] and v["sd"] > 0
-            h["p_holm"] = NAN
-            h["verdict"] = TOO_FEW if not enough else REPRODUCED if v["ci_low"] > h["threshold"] else NOT_REPRODUCED
+            h["verdict"] = level_verdict(h["value"], h["threshold"], h.get("sesoi", 0.0))
     return headlines
 
 
-MULTIPLICITY = ("p-values of a study's headline tests are Holm-adjusted together; a verdict needs at least "
-                f"{MIN_SEEDS} seeds, non-zero variance, an interval of the effect that excludes 0 on the claimed "
-                f"side and an adjusted p < {ALPHA}")
+MULTIPLICITY = (f"p-values of a study's testable headline tests are Holm-adjusted together. Verdicts: "
+                f"'{REPRODUCED}' needs at least {MIN_SEEDS} seeds, an interval of the effect that excludes 0 on the "
+                f"claimed side, an adjusted p < {ALPHA} and an effect of at least the claim's smallest effect of "
+                f"interest (SESOI); '{OPPOSITE}' is the same on the other side; '{INCONCLUSIVE}' is enough seeds "
+                f"without either; '{NOT_TESTABLE}: <reason>' means a precondition of the claim failed; "
+                f"'{TOO_FEW}' means fewer than {MIN_SEEDS} seeds")
 
 
-# A tuning "barely changed the model" when both hold (iclft's rule; stated in every warning it raises).
+# How far a tuning moved the model, by two measures (iclft's rule; stated in every warning it raises): either one
+# small puts a caveat on the verdicts that rest on the tuning, both small makes them "not testable".
 TINY_UPDATE = 0.1  # its last-layer update is under a tenth of ICL's (‖Δh‖/‖h_ZSL‖)
-TINY_CHANGED = 0.02  # and it changed under 2% of zero-shot's predictions
+TINY_CHANGED = 0.02  # it changed under 2% of zero-shot's predictions
 
 
 def tuning_check(name: str, update: dict, update_icl: dict, changed: dict, what: str) -> dict:
     """Did the tuning `name` move the model enough for its comparison with ICL to mean something? `update`,
     `update_icl`: intervals of ‖h − h_ZSL‖/‖h_ZSL‖ at the last layer; `changed`: interval of the share of
-    queries whose prediction differs from zero-shot's. Returns the numbers, `barely_moved` and a warning."""
+    queries whose prediction differs from zero-shot's. Returns the numbers, `small` (the measures that are
+    small), `weak` (either is: a caveat), `barely_moved` (both are: not testable), a warning and `reason`."""
     u, ui, c = update.get("mean"), update_icl.get("mean"), changed.get("mean")
     ratio = u / ui if u == u and ui == ui and ui else float("nan")
-    barely = bool(ratio == ratio and ratio < TINY_UPDATE and c == c and c < TINY_CHANGED)
+    small = []
+    if ratio == ratio and ratio < TINY_UPDATE:
+        small.append(f"its update is {ratio:.2f}× ICL's (under {TINY_UPDATE:g}×)")
+    if c == c and c < TINY_CHANGED:
+        small.append(f"it changed {100 * c:.1f}% of zero-shot's predictions (under {100 * TINY_CHANGED:g}%)")
+    barely, weak = len(small) == 2, bool(small)
+    reason = f"{name} barely moved the model: {' and '.join(small)}" if small else None
     warning = None
-    if barely:
-        warning = (f"{name} barely changed the model: it moved the {what} by {100 * u:.1f}% of its norm "
-                   f"(ICL: {100 * ui:.1f}%) and changed {100 * c:.1f}% of zero-shot's predictions (iclft flags a "
-                   f"tuning under {100 * TINY_UPDATE:g}% of ICL's update that changes under {100 * TINY_CHANGED:g}% of "
-                   f"the predictions). Its similarity to ICL says little: train it harder (more steps or a larger "
-                   "learning rate) before reading the comparisons that involve it.")
+    if weak:
+        warning = (f"{name} {'barely changed' if barely else 'changed little of'} the model: it moved the {what} by "
+                   f"{100 * u:.1f}% of its norm (ICL: {100 * ui:.1f}%) and changed {100 * c:.1f}% of zero-shot's "
+                   f"predictions. iclft puts a caveat on a comparison with a tuning whose update is under "
+                   f"{TINY_UPDATE:g}× ICL's or that changes under {100 * TINY_CHANGED:g}% of the predictions, and "
+                   "calls it not testable when both hold. Train it harder (more steps or a larger learning rate) "
+                   "before reading the comparisons that involve it.")
     return {"setting": name, "update": update, "update_icl": update_icl, "update_vs_icl": ratio,
-            "changed": changed, "barely_moved": barely, "warning": warning}
+            "changed": changed, "small": small, "weak": weak, "barely_moved": barely, "warning": warning,
+            "reason": reason}

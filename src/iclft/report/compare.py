@@ -16,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from iclft import UserError  # noqa: E402
+from iclft import UserError, rundir  # noqa: E402
 from iclft.metrics.stats import MIN_SEEDS
 from iclft.report import html as H  # noqa: E402
 from iclft.rundir import atomic_write_bytes, atomic_write_text  # noqa: E402
@@ -39,6 +39,7 @@ def collect(runs: list[Path], root: Path | None = None) -> list[dict]:
     """One row per (run, headline): study, run label, model, size, claim, metric, value and interval, verdict."""
     rows = []
     for run in runs:
+        rundir.check_finished(run)  # an edited summary or manifest must not be compared as if true
         try:
             summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
             manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))

@@ -97,10 +97,12 @@ def fmt_ci(d: dict, digits: int = 3) -> str:
 
 # ------------------------------------------------------------------------------------------- shared sections
 
-VERDICT_CLASS = {"reproduced": "yes", "not reproduced": "no", "too few seeds to tell": "few"}
+VERDICT_CLASS = {"reproduced": "yes", "opposite": "opp", "inconclusive": "no", "not testable": "na",
+                 "too few seeds to tell": "few"}
 CSS += """
-.v{font-weight:600;padding:0 .4em;border-radius:3px;white-space:nowrap}.v.yes{background:#d7ecff;color:#0b4a8b}
-.v.no{background:#f3e0c9;color:#7a3d00}.v.few{background:#eee;color:#555}
+.v{font-weight:600;padding:0 .4em;border-radius:3px}.v.yes{background:#d7ecff;color:#0b4a8b}
+.v.opp{background:#f6d5d0;color:#8a1c0c}.v.no{background:#f3e0c9;color:#7a3d00}.v.na{background:#e8e0f0;color:#4b2a6b}
+.v.few{background:#eee;color:#555}
 details{margin:.4em 0 1em}summary{cursor:pointer;color:#3573c9}
 .tok{display:inline-block;border:1px solid #bbb;border-radius:2px;padding:0 .15em;margin:1px;font:0.85em monospace;
 background:#fafafa;white-space:pre}.prompt{margin:.3em 0 .8em;line-height:1.9}
@@ -110,7 +112,9 @@ a.csv{font-size:.85em;margin-left:.6em}pre{background:#f6f6f6;padding:.6em;overf
 
 
 def verdict_badge(v: str) -> str:
-    return f'<span class="v {VERDICT_CLASS.get(v, "few")}">{esc(v)}</span>'
+    from iclft.metrics.stats import verdict_kind
+
+    return f'<span class="v {VERDICT_CLASS.get(verdict_kind(v), "few")}">{esc(v)}</span>'
 
 
 def fmt_p(p) -> str:
@@ -130,6 +134,9 @@ def headline_rows(headlines: list[dict]) -> list[list]:
         else:
             tests = (f"interval above {100 * h['threshold']:g} %?" if h.get("percent")
                      else f"interval above {h['threshold']:g}?")
+        if h.get("sesoi"):
+            sesoi = f"{100 * h['sesoi']:g} points" if h.get("percent") and not t else f"{h['sesoi']:g}"
+            tests += f"; smallest effect of interest {sesoi}"
         rows.append([esc(h["claim"]), esc(h["metric"]) + "<br>" + esc(fmt_value(h)), esc(h["paper"]), tests,
                      verdict_cell(h)])
     return rows

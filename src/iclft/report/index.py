@@ -30,7 +30,7 @@ def write_index(out: Path, runs: dict[str, Path]) -> Path:
             rows.append([link, H.esc(h["claim"]), H.esc(h["metric"]) + "<br>" + H.esc(H.fmt_value(h)),
                          H.esc(h["paper"]), H.verdict_cell(h)])
             csv_rows.append([name, h["claim"], h["metric"], H.fmt_value(h), h["paper"], h["verdict"],
-                             h.get("caveat") or ""])
+                             h.get("caveat") or "", h.get("sesoi", "")])
     parts = [next((b for b in banners if b), ""),
              "<p>Does in-context learning change the model the way fine-tuning does? Each row is one claim of the "
              "papers, this run's number with its 95% interval across seeds, the published value and a verdict. "
@@ -40,7 +40,8 @@ def write_index(out: Path, runs: dict[str, Path]) -> Path:
              "<p>Runs: " + "; ".join(notes) + ". Each directory also holds records.parquet, summary.json and "
              "manifest.json.</p>"]
     buf = io.StringIO()
-    csv.writer(buf).writerows([["study", "claim", "metric", "this run (95% CI)", "paper", "verdict", "caveat"],
+    csv.writer(buf).writerows([["study", "claim", "metric", "this run (95% CI)", "paper", "verdict", "caveat",
+                                "smallest effect of interest"],
                                *csv_rows])
     atomic_write_text(Path(out) / "headlines.csv", buf.getvalue())
     parts.append('<p><a href="headlines.csv">headlines.csv</a></p>')

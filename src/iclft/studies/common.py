@@ -28,6 +28,17 @@ class RunSpec(BaseModel):
     seed_offset: int = Field(0, ge=0, description="first seed")
     preset: Literal["default", "quick", "paper"] = Field(
         "default", description="the preset these fields started from, shown on every report")
+    sesoi_difference: float = Field(
+        0.02, ge=0, description="smallest effect of interest of a difference of cosines, accuracies or proportions "
+        "(and of a value above a stated level): a smaller effect, however consistent, is 'inconclusive'")
+    sesoi_correlation: float = Field(
+        0.1, ge=0, le=1, description="smallest effect of interest of a correlation (per-seed r, Kendall τ)")
+
+    def sesoi(self, metric: str) -> float:
+        """The smallest effect of interest of a headline whose test is on `metric` (iclft.metrics.stats)."""
+        from iclft.metrics.stats import sesoi_kind
+
+        return self.sesoi_correlation if sesoi_kind(metric) == "correlation" else self.sesoi_difference
 
     def seed_list(self) -> list[int]:
         return list(range(self.seed_offset, self.seed_offset + self.seeds))
