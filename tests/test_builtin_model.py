@@ -49,6 +49,20 @@ def test_size_context_and_card():
 
 
 @needs_model
+def test_shipped_card_is_rendered_from_its_committed_artefacts():
+    """card.md is exactly what `render_card` makes of the committed files: the table and every number said about
+    it from abilities.json, the recipe from pretrain_meta.json, the hand-written history from card_history.md.
+    After a change to the card's code or history, regenerate it: `python -m iclft.builtin.abilities --render`."""
+    from iclft.builtin.abilities import format_table, render_card
+
+    card = (BUILTIN / "card.md").read_text()
+    assert card == render_card(BUILTIN)
+    measured = json.loads((BUILTIN / "abilities.json").read_text())
+    assert measured["command"] and format_table(measured["rows"]) in card
+    assert "~90%" not in card and "~72%" not in card  # the old literal notes
+
+
+@needs_model
 def test_label_words_are_single_distinct_tokens_and_32_shots_fit():
     from transformers import AutoConfig, AutoTokenizer
 
@@ -109,7 +123,8 @@ def test_pretrain_resume_gives_identical_weights(tmp_path):
     a = pretrain(tmp_path / "a", seed=3, minutes=5, **tiny)
     b_dir = tmp_path / "b"
     pretrain(b_dir, seed=3, minutes=5, stop_after_steps=2, **tiny)  # "killed" after 2 steps
-    assert (b_dir / "checkpoint.pt").exists() and not (b_dir / "final").exists()
+    assert (b_dir / "checkpoint.safetensors").exists() and not (b_dir / "final").exists()
+    assert not list(b_dir.glob("*.pt"))  # no pickle written anywhere
     pretrain(b_dir, seed=3, minutes=5, stop_after_steps=3, **tiny)  # and again after 5
     b = pretrain(b_dir, seed=3, minutes=5, **tiny)  # resumed to the end
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
@@ -124,9 +139,13 @@ def test_pretrain_resume_gives_identical_weights(tmp_path):
 
     row = {"ability": "sentiment", "setting": "default", "k": 0, "accuracy_mean": 0.5, "ci_low": 0.4, "ci_high": 0.6,
            "n": 300, "bar": ">= 0.75", "passed": False}
-    card = write_card(b, [row], notes=None).read_text()
+    card = write_card(b, [row], eval_seconds=90.0).read_text()
     assert "2 x 48 tokens" in card and "3 x 32 tokens, up to 3 demonstrations" in card
     assert "100% of the classification episodes in generated formats" in card and "Bars met: 0 of 1." in card
+    # every number said about the table is this table's: none of another measurement's (the shipped model's)
+    assert "Missed: sentiment default, k=0: 0.500, bar >= 0.75." in card and "Evaluation took 1.5 minutes" in card
+    assert "~" not in card.split("## Abilities")[1] and "0.897" not in card
+    assert json.loads((b / "abilities.json").read_text())["rows"] == [row]
 
 
 def test_lr_cycles_restart_at_stages_that_set_lr():

@@ -295,38 +295,63 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-CARD_NOTES = """\
-## What works, what does not, what was tried
+ARTEFACT = "abilities.json"  # the measured rows the card's numbers come from
+HISTORY = "card_history.md"  # optional: sections appended verbatim (a model's own history, written by hand)
 
-- Works: zero-shot sentiment with the default label words (~90%); reading the label *mapping* from
-  the demonstrations -- with known label words in a new pairing the model goes from chance at zero
-  shots to ~72% at 8 and 16 shots, and with flipped default labels it follows the demonstrations
-  (16-shot accuracy against the true sentiment ~13%); LoRA on 64 examples of a new pairing lifts
-  zero-shot by ~39 points.
-- Falls short: new-pairing accuracy (~72%) is below the 75% / 80% bars at 8 / 16 shots; 8 default
-  demonstrations do not raise the already high zero-shot accuracy; no implicit family gains 20 points
-  from 8 demonstrations of its held-out rule (the model cannot compute these answers in the first
-  place: zero-shot ~0-50%, numeric answers ~1%).
-- How ICL was obtained. Stages 1-2 alone (the previous built-in model) copied the label *set* from
-  context but not which label goes with which sentiment: it had no induction heads -- it did not even
-  continue a repeated random word sequence. Neither more copy-heavy data (stage 2; a separate 900-step
-  stage of 75% repeated sequences), nor a copying-first curriculum, nor `lexicon` episodes alone
-  (1170 steps) got it past the induction plateau on CPU. Stages 3-6 supervise three heads directly
-  (`iclft.builtin.supervision`): a previous-token head (layer 0), an induction head (layer 1, with a
-  copy loss on its output) and a "label" head (layer 3) that, before every answer, must attend to the
-  earlier demonstrations with the same answer and write it. The attention targets are learned within
-  ~100 steps; copying and in-context label mapping followed within ~600 steps of the label head's
-  supervision. Where exactly these heads are is therefore known by construction: keep it in mind when
-  reading circuit analyses of this model.
-- Stage boundaries 4/5 were made mid-run (each split keeps the LR schedule identical), and the
-  reported wall time includes diagnostics run alongside; a clean rerun of the whole recipe was not
-  done.
-"""
+
+def _value(r: dict) -> str:
+    """A row's point estimate as `format_table` prints it."""
+    if "minus" in r["setting"] or "lift" in r["setting"]:
+        return f"{r['accuracy_mean']:+.3f}"
+    if r["setting"].startswith("families"):
+        return f"{int(r['accuracy_mean'])}/{r['n']}"
+    return f"{r['accuracy_mean']:.3f}"
+
+
+def card_notes(rows: list[dict]) -> str:
+    """The card's summary of the table: which bars are met and missed, every number taken from `rows`
+    (so a card written for a newly measured model never repeats another measurement's numbers)."""
+    def name(r):
+        return f"{r['ability']} {r['setting']}, k={r['k']}: {_value(r)}, bar {r['bar']}"
+
+    met = [name(r) for r in rows if r["passed"]]
+    missed = [name(r) for r in rows if r["passed"] is False]
+    lines = ["## What the table says", ""]
+    if met:
+        lines.append("- Met: " + "; ".join(met) + ".")
+    if missed:
+        lines.append("- Missed: " + "; ".join(missed) + ".")
+    zero = [r for r in rows if r["ability"] == "implicit" and r["k"] == 0 and "rule" in r["setting"]]
+    gain = [r for r in rows if r["ability"] == "implicit" and "minus" in r["setting"]]
+    for what, group in (("zero-shot accuracy", zero), ("8-shot minus zero-shot", gain)):
+        if group:
+            lo = min(group, key=lambda r: r["accuracy_mean"])
+            hi = max(group, key=lambda r: r["accuracy_mean"])
+            lines.append(f"- Implicit families, held-out rule, {what}: from {_value(lo)} "
+                         f"({lo['setting'].split()[0].rstrip(':')}) to {_value(hi)} "
+                         f"({hi['setting'].split()[0].rstrip(':')}).")
+    return "\n".join(lines) + "\n"
 
 
 def write_card(model_dir: str | Path, rows: list[dict], eval_seconds: float | None = None,
-               notes: str | None = CARD_NOTES) -> Path:
-    """Write `card.md` (recipe, data, size, measured abilities) and `abilities.json` into `model_dir`."""
+               command: str = "python -m iclft.builtin.abilities --card") -> Path:
+    """Write the measured `rows` to `model_dir/abilities.json` (with the command and its time), then `card.md`
+    rendered from it (`render_card`)."""
+    import json
+
+    model_dir = Path(model_dir)
+    artefact = {"command": command, "eval_seconds": None if eval_seconds is None else round(eval_seconds, 1),
+                "rows": rows}
+    (model_dir / ARTEFACT).write_text(json.dumps(artefact, indent=1) + "\n")
+    card = model_dir / "card.md"
+    card.write_text(render_card(model_dir))
+    return card
+
+
+def render_card(model_dir: str | Path) -> str:
+    """The card of `model_dir`, from committed files only: `config.json`, `pretrain_meta.json`, the files' sizes,
+    `abilities.json` (the table and every number said about it) and, if present, `card_history.md` (appended
+    verbatim). The shipped card must equal this (`tests/test_builtin_model.py`)."""
     import json
 
     from iclft.builtin import corpus
@@ -334,8 +359,10 @@ def write_card(model_dir: str | Path, rows: list[dict], eval_seconds: float | No
     model_dir = Path(model_dir)
     meta = json.loads((model_dir / "pretrain_meta.json").read_text())
     cfg = json.loads((model_dir / "config.json").read_text())
+    measured = json.loads((model_dir / ARTEFACT).read_text())
+    rows, eval_seconds = measured["rows"], measured.get("eval_seconds")
     pc = meta["config"]
-    skip = ("card.md", "abilities.json")
+    skip = ("card.md", ARTEFACT, HISTORY)
     files = [f for f in sorted(model_dir.iterdir()) if f.is_file() and f.name not in skip]
     sizes = {f.name: f.stat().st_size for f in files}
     total_mb = sum(sizes.values()) / 2**20
@@ -396,8 +423,9 @@ def write_card(model_dir: str | Path, rows: list[dict], eval_seconds: float | No
         + ("bf16 autocast for matmuls (weights and optimizer in float32)" if pc.get("bf16", True) else "float32")
         + f"; {pc['threads']} threads.",
         *stage_lines,
-        "- Batch i is a pure function of (seed, i); checkpoints (`DIR/checkpoint.pt`) are written atomically "
-        "every few minutes and rerunning the same command resumes with identical results; `--minutes` "
+        "- Batch i is a pure function of (seed, i); checkpoints (`DIR/checkpoint.safetensors`: weights, optimizer "
+        "state, step; no pickle) are written atomically every few minutes and rerunning the same command resumes "
+        "with identical results; `--minutes` "
         "(default 90) caps the wall time of one invocation.",
         "- Loss: next-token cross-entropy on every token, answer (label) tokens weighted "
         f"x{pc['label_weight']:g}.",
@@ -449,7 +477,8 @@ def write_card(model_dir: str | Path, rows: list[dict], eval_seconds: float | No
         "",
         "## Abilities",
         "",
-        "Measured by `iclft models eval builtin` (`iclft.builtin.abilities.ability_table`, defaults: 300 "
+        f"Measured by `{measured['command']}` into `{ARTEFACT}` (`iclft.builtin.abilities.ability_table`; "
+        "`iclft models eval builtin` prints the same table; defaults: 300 "
         "held-out queries per row over 3 seeds). Accuracy intervals: 95% Wilson score intervals over "
         "queries; "
         "gain rows: 95% t interval of the paired per-query difference. Flipped rows are scored against "
@@ -464,12 +493,11 @@ def write_card(model_dir: str | Path, rows: list[dict], eval_seconds: float | No
         f"Bars met: {sum(r['passed'] for r in passed)} of {len(passed)}.",
         "",
     ]
-    if notes:
-        lines += [notes]
-    card = model_dir / "card.md"
-    card.write_text("\n".join(lines))
-    (model_dir / "abilities.json").write_text(json.dumps(rows, indent=1) + "\n")
-    return card
+    lines.append(card_notes(rows))
+    history = model_dir / HISTORY
+    if history.exists():
+        lines.append(history.read_text())
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -482,16 +510,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--no-lora", action="store_true")
     p.add_argument("--size", default="paper", choices=("paper", "small"), help="implicit item size")
-    p.add_argument("--card", action="store_true", help="also write card.md and abilities.json there")
+    p.add_argument("--card", action="store_true", help="also write abilities.json and card.md there")
+    p.add_argument("--render", action="store_true",
+                   help="measure nothing: rewrite card.md there from its committed abilities.json (after a change "
+                        "to the card's code or card_history.md)")
     a = p.parse_args(argv)
     path = a.model or BUILTIN_DIR
+    if a.render:
+        card = Path(path) / "card.md"
+        card.write_text(render_card(path))
+        print(card)
+        return
     import time
 
     t0 = time.time()
     rows = ability_table(path, a.n_queries, a.seeds, a.quick, lora=not a.no_lora, size=a.size)
     print(format_table(rows))
     if a.card:
-        print(write_card(path, rows, eval_seconds=time.time() - t0))
+        import shlex
+        import sys
+
+        command = " ".join(["python -m iclft.builtin.abilities", *map(shlex.quote, sys.argv[1:] if argv is None
+                                                                       else argv)])
+        print(write_card(path, rows, eval_seconds=time.time() - t0, command=command))
 
 
 if __name__ == "__main__":

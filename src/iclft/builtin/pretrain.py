@@ -9,9 +9,11 @@ episode mix; a stage that sets `lr` starts a new learning-rate cycle (linear war
 function of `(seed, i)` (see `corpus.Corpus.batch`). `--minutes M` is a wall-clock cap on each
 invocation: when one exceeds it, it saves a checkpoint and the current weights to `DIR/final`
 (marked `"complete": false` in `pretrain_meta.json`) and stops; rerunning the same command continues.
-Checkpoints (`DIR/checkpoint.pt`: weights, optimizer, step, the resolved config) are
-written atomically every `ckpt_every_s` seconds, so a killed run also resumes by rerunning the same
-command; the final weights do not depend on where it was interrupted.
+Checkpoints (`DIR/checkpoint.safetensors`: weights and optimizer state as tensors, step, token count and the
+resolved config as JSON in the file's header; see `save_checkpoint`) are written atomically every `ckpt_every_s`
+seconds, so a killed run also resumes by rerunning the same command; the final weights do not depend on where it
+was interrupted. Nothing is unpickled: an old `DIR/checkpoint.pt` (a pickle, which can run code when loaded) is
+refused, not read.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from iclft import UserError
 
 # The shipped model's curriculum (the card's notes say what each stage was for and what did not work).
 # Stages 1-2 (one LR cycle): general features, then more induction food. Stages 3-6 supervise heads
@@ -127,12 +131,72 @@ def build_model(cfg: PretrainConfig, tokenizer):
         return LlamaForCausalLM(mc)
 
 
-def _save_atomic(obj, path: Path) -> None:
-    import torch
+CHECKPOINT = "checkpoint.safetensors"
+LEGACY_CHECKPOINT = "checkpoint.pt"  # what earlier iclft versions wrote: a torch.save pickle
 
+
+def save_checkpoint(path: Path, model, opt, param_names: list[str], state: dict) -> None:
+    """Write the resumable state to `path` atomically, as safetensors only (loading it runs no code).
+
+    Tensors: `model/<parameter name>` (the weights) and `optimizer/<parameter name>/<key>` (AdamW's `step`,
+    `exp_avg`, `exp_avg_sq`). The header's metadata `iclft` is JSON: `state` (step, tokens, config, elapsed_s),
+    the optimizer's param groups (hyper-parameters; `params` as indices) and any non-tensor optimizer state.
+    No RNG state is needed: batch i is a pure function of (seed, i) and the model has no dropout.
+    """
+    from safetensors.torch import save_file
+
+    # clone: the tied embedding and LM head share storage, which safetensors refuses to write twice
+    tensors = {f"model/{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    sd = opt.state_dict()
+    scalars: dict[str, dict] = {}
+    for idx, st in sd["state"].items():
+        for key, v in st.items():
+            if hasattr(v, "detach"):
+                tensors[f"optimizer/{param_names[idx]}/{key}"] = v.detach().clone().contiguous()
+            else:
+                scalars.setdefault(param_names[idx], {})[key] = v
+    header = {"format": 1, "state": state, "param_groups": sd["param_groups"], "optimizer_scalars": scalars}
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
+    save_file(tensors, str(tmp), metadata={"iclft": json.dumps(header)})
     os.replace(tmp, path)
+
+
+def read_checkpoint(path: Path) -> tuple[dict, dict]:
+    """(header, tensors) of a checkpoint written by `save_checkpoint`; a bad file is a UserError."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            header = json.loads((f.metadata() or {})["iclft"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise UserError(f"cannot read the checkpoint {str(path)!r} ({type(exc).__name__}: {first}); delete it to "
+                        "start this run afresh") from None
+    return header, tensors
+
+
+def load_checkpoint(header: dict, tensors: dict, model, opt, param_names: list[str]) -> None:
+    """Restore the weights and the optimizer from `read_checkpoint`'s result (exactly: same dtypes, same values)."""
+    model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
+    index = {name: i for i, name in enumerate(param_names)}
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("optimizer/"):
+            name, key = k[len("optimizer/"):].rsplit("/", 1)
+            state.setdefault(index[name], {})[key] = v
+    for name, extra in header.get("optimizer_scalars", {}).items():
+        state.setdefault(index[name], {}).update(extra)
+    groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in header["param_groups"]]
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _refuse_legacy(out: Path) -> None:
+    legacy = out / LEGACY_CHECKPOINT
+    if legacy.exists():
+        # torch.load(weights_only=False) would unpickle it, and unpickling runs whatever code the file names
+        raise UserError(f"{str(legacy)!r} is an old pickle checkpoint, which iclft no longer loads (loading a "
+                        "pickle can run code); delete it to start this run afresh, or pass another --out")
 
 
 def export(model, out_dir: Path, tokenizer_dir: Path, meta: dict) -> Path:
@@ -176,14 +240,15 @@ def pretrain(out: Path, seed: int = 0, minutes: float = 90.0, progress: bool = T
     from iclft.builtin.supervision import HeadSupervisor
 
     out = Path(out)
+    _refuse_legacy(out)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
+    ckpt_path = out / CHECKPOINT
     tok_dir = out / "tokenizer"
     cfg = PretrainConfig(seed=seed, minutes=minutes, **overrides)
-    state = None
+    header = tensors = None
     if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        saved = dict(state["config"])
+        header, tensors = read_checkpoint(ckpt_path)
+        saved = dict(header["state"]["config"])
         for k in ("minutes", "ckpt_every_s", "stop_after_steps", "threads"):
             saved[k] = getattr(cfg, k)
         cfg = PretrainConfig(**saved)
@@ -195,17 +260,19 @@ def pretrain(out: Path, seed: int = 0, minutes: float = 90.0, progress: bool = T
         save_tokenizer(tok, tok_dir)
     corpus = Corpus(tok, cfg.stages, seq_len=cfg.seq_len, max_shots=cfg.max_shots)
     model = build_model(cfg, tok)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    decay = [(n, p) for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [(n, p) for n, p in model.named_parameters() if p.ndim < 2]
+    param_names = [n for n, _ in decay + no_decay]  # the optimizer's parameter indices, by name
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [{"params": [p for _, p in decay], "weight_decay": cfg.weight_decay},
+         {"params": [p for _, p in no_decay], "weight_decay": 0.0}],
         lr=lr_at(cfg, 0), betas=(0.9, 0.95), eps=1e-8,
     )
     step, tokens, elapsed_prev = 0, 0, 0.0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, tokens, elapsed_prev = state["step"], state["tokens"], state.get("elapsed_s", 0.0)
+    if header is not None:
+        load_checkpoint(header, tensors, model, opt, param_names)
+        st = header["state"]
+        step, tokens, elapsed_prev = st["step"], st["tokens"], st.get("elapsed_s", 0.0)
     n_params = sum(p.numel() for p in model.parameters())
 
     def meta(done: bool) -> dict:
@@ -216,11 +283,10 @@ def pretrain(out: Path, seed: int = 0, minutes: float = 90.0, progress: bool = T
         }
 
     def checkpoint() -> None:
-        _save_atomic({
-            "model": model.state_dict(), "optimizer": opt.state_dict(),
+        save_checkpoint(ckpt_path, model, opt, param_names, {
             "step": step, "tokens": tokens, "config": dataclasses.asdict(cfg),
             "elapsed_s": elapsed_prev + time.time() - t0,
-        }, ckpt_path)
+        })
 
     t0 = time.time()
     last_ckpt = t0
@@ -290,7 +356,10 @@ def main(argv: list[str] | None = None) -> None:
             overrides[k] = json.loads(v)
         except json.JSONDecodeError:
             overrides[k] = v
-    final = pretrain(a.out, seed=a.seed, minutes=a.minutes, **overrides)
+    try:
+        final = pretrain(a.out, seed=a.seed, minutes=a.minutes, **overrides)
+    except UserError as exc:  # one line and exit code 2, as the iclft CLI does
+        p.exit(2, f"error: {exc}\n")
     print(final)
 
 
