@@ -59,7 +59,8 @@ def test_process_pool_equals_in_process_and_reports_unit_errors(tmp_path):
     one = run_cells([prepare(TOY, ToySpec(seeds=5), tmp_path / "one")], LocalExecutor(workers=1))[0]
     two = run_cells([prepare(TOY, ToySpec(seeds=5), tmp_path / "two")], LocalExecutor(workers=2))[0]
     pd.testing.assert_frame_equal(pd.read_parquet(two / "records.parquet"), pd.read_parquet(one / "records.parquet"))
-    assert json.loads((two / "manifest.json").read_text())["executor"] == {"executor": "local", "workers": 2}
+    assert json.loads((two / "manifest.json").read_text())["executor"] == {
+        "executor": "local", "workers": 2, "retries_allowed": 2, "retries": {}}
     with pytest.raises(UserError, match="unit s3 failed"):  # a worker's error reaches the driver as is
         run_cells([prepare(TOY, ToySpec(seeds=5, fail_at=3), tmp_path / "bad")], LocalExecutor(workers=2))
 

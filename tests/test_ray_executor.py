@@ -1,12 +1,14 @@
 """The Ray executor on a local Ray instance started here (2 CPUs): records equal the local executor's, a worker
-killed mid-unit has its unit retried, a driver killed with SIGKILL resumes with nothing lost or duplicated, a
-sweep of 2 tiny models × 3 studies runs with --quick, and `compare` reads the sweep's runs."""
+killed mid-unit (by itself or from outside) has its unit retried once Ray restarted it, a driver killed with
+SIGKILL resumes with nothing lost or duplicated, a sweep of 2 tiny models × 3 studies runs with --quick, and
+`compare` reads the sweep's runs."""
 
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -55,6 +57,7 @@ def tiny_dirs(tmp_path_factory):
 class CrashSpec(RunSpec):
     seeds: int = Field(4, ge=1)
     marker: str = ""  # a file: the first worker to see it missing creates it and dies mid-unit
+    hold: str = ""  # a directory: unit s2 writes its worker's pid there and waits, unless hold/killed exists
 
 
 def _setup(spec):
@@ -66,6 +69,10 @@ def _unit(spec, ctx, unit):
     if spec.marker and s == 2 and not os.path.exists(spec.marker):
         Path(spec.marker).write_text(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)  # this worker dies in the middle of the unit
+    if spec.hold and s == 2 and not (Path(spec.hold) / "killed").exists():
+        (Path(spec.hold) / "pid.tmp").write_text(str(os.getpid()))
+        os.replace(Path(spec.hold) / "pid.tmp", Path(spec.hold) / "pid")
+        time.sleep(60)  # until the test kills this worker
     return pd.DataFrame({"seed": [s, s], "x": [s * 0.5, float(s * s)]})
 
 
@@ -89,6 +96,35 @@ def test_worker_killed_mid_unit_is_retried(cluster, tmp_path):
     pd.testing.assert_frame_equal(_records(out), _records(local))
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["executor"]["executor"] == "ray" and manifest["executor"]["retries"] == {"s2": 1}
+
+
+def test_worker_killed_from_outside_is_retried_once_restarted(cluster, tmp_path):
+    """kill -9 from outside (an operator, the OOM killer): Ray restarts the actor, which takes seconds; the
+    unit waits for it instead of being re-sent at once to the restarting actor, burning its retries."""
+    hold = tmp_path / "hold"
+    hold.mkdir()
+
+    def kill_the_worker():
+        while not (hold / "pid").is_file():
+            if done.wait(0.05):
+                return
+        (hold / "killed").touch()  # the retried unit does not wait
+        os.kill(int((hold / "pid").read_text()), signal.SIGKILL)
+        killed_at.append(time.time())
+
+    killed_at: list = []
+    done = threading.Event()
+    killer = threading.Thread(target=kill_the_worker, daemon=True)
+    killer.start()
+    try:  # one worker: the unit can only be retried on the actor that was killed
+        out = run_study(CRASHY, CrashSpec(hold=str(hold)), tmp_path / "ray",
+                        executor=RayExecutor(workers=1, retries=1))
+    finally:
+        done.set()
+    assert killed_at, "the worker was not killed"
+    print(f"killed worker to finished run: {time.time() - killed_at[0]:.1f} s")
+    pd.testing.assert_frame_equal(_records(out), _records(run_study(CRASHY, CrashSpec(), tmp_path / "local")))
+    assert json.loads((out / "manifest.json").read_text())["executor"]["retries"] == {"s2": 1}
 
 
 def test_worker_deaths_beyond_retries_fail_the_run(cluster, tmp_path):

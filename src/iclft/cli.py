@@ -28,7 +28,7 @@ RAY_ADDRESS_HELP = "Ray cluster to join: auto | HOST:PORT (default: start a loca
 WORKERS_HELP = ("parallel workers, each loading the model once: Ray actors (default: as many as the cluster's "
                 "CPUs / GPUs fit) or local processes (default: 2 for a CPU run on >= 2 cores, sharing the cores; "
                 "records do not depend on it)")
-RETRIES_HELP = "times a unit is re-sent after its Ray worker died"
+RETRIES_HELP = "times a unit is re-sent after its worker (a Ray actor or a local worker process) died"
 
 
 SET_HELP = "FIELD=VALUE over the spec (YAML value; nested fields with dots: lora.steps=5); repeatable"

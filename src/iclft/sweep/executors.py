@@ -12,6 +12,10 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import signal
+import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,54 +46,124 @@ class LocalExecutor:
     """This machine. One worker: each job runs in this process with the context the driver already built
     (`contexts[cell]`, rebuilt one at a time where a sweep dropped it). More workers: that many spawned
     processes, each with its share of the CPU threads, each building a cell's context once (small models on
-    CPU: two single-threaded processes do ~1.5x the work of one two-threaded one)."""
+    CPU: two single-threaded processes do ~1.5x the work of one two-threaded one).
+
+    A worker process that dies (OOM killer, kill, crash) is replaced and its unit sent again, up to `retries`
+    times per unit; the retries are counted in the manifest. In this process (one worker) a crash is the
+    driver's own, so `retries` does not apply there. Workers die with the driver however it ends (Ctrl-C,
+    SIGTERM, kill -9); finished units' shards are kept, and rerunning the same command resumes.
+    """
 
     contexts: dict[str, Any] = field(default_factory=dict)
     workers: int = 1
+    retries: int = 2
     name: str = "local"
 
     def map(self, jobs: Sequence[Job], on_result: OnResult) -> dict:
+        retries: Counter = Counter()
         if self.workers > 1 and len(jobs) > 1:
-            self._pool(jobs, on_result)
+            self._pool(jobs, on_result, retries)
         else:
             current = None
             for job in jobs:
-                if self.contexts.get(job.cell) is None:  # dropped after set-up (sweeps): rebuild, one at a time
-                    self.contexts.pop(current, None)
-                    gc.collect()
-                    self.contexts[job.cell] = job.setup(job.spec)
-                current = job.cell
-                on_result(job, job.run_unit(job.spec, self.contexts[job.cell], job.unit))
-        return {"executor": self.name, "workers": self.workers}
+                try:
+                    if self.contexts.get(job.cell) is None:  # dropped after set-up (sweeps): rebuild, one at a time
+                        self.contexts.pop(current, None)
+                        gc.collect()
+                        self.contexts[job.cell] = job.setup(job.spec)
+                    current = job.cell
+                    df = job.run_unit(job.spec, self.contexts[job.cell], job.unit)
+                except KeyboardInterrupt:
+                    _stopping(1)
+                    raise
+                on_result(job, df)
+        stats = {"executor": self.name, "workers": self.workers}
+        if self.workers > 1:
+            stats.update(retries_allowed=self.retries, retries=dict(retries))  # {(cell, unit id): times re-sent}
+        return stats
 
-    def _pool(self, jobs: Sequence[Job], on_result: OnResult) -> None:
+    def _pool(self, jobs: Sequence[Job], on_result: OnResult, retries: Counter) -> None:
         import multiprocessing
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from concurrent.futures.process import BrokenProcessPool
 
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         spawn = multiprocessing.get_context("spawn")
-        # one single-process pool per worker, so that the queue can choose which worker runs which unit
-        pools = [ProcessPoolExecutor(1, mp_context=spawn, initializer=_pool_init, initargs=(threads,))
-                 for _ in range(self.workers)]
+
+        def new_pool():
+            return ProcessPoolExecutor(1, mp_context=spawn, initializer=_pool_init, initargs=(threads, os.getpid()))
+
+        # one single-process pool per worker, so that the queue can choose which worker runs which unit, and a
+        # worker's death breaks only its own pool
+        pools = [new_pool() for _ in range(self.workers)]
         queue = _Queue(jobs)
         cell_of: dict[int, str | None] = dict.fromkeys(range(self.workers))
         running: dict = {}  # future -> (worker, job)
+
+        def replace(w: int) -> None:  # worker w's process died: a fresh one, with no context yet
+            pools[w].shutdown(wait=False)
+            pools[w] = new_pool()
+            cell_of[w] = None
+
+        finished = False
         try:
             idle = list(range(self.workers))
             while queue.pending or running:
                 while idle and queue.pending:
                     w = idle.pop(0)
                     job = queue.take(w, cell_of[w])
-                    running[pools[w].submit(_pool_run, job)] = (w, job)
+                    try:
+                        fut = pools[w].submit(_pool_run, job)
+                    except BrokenProcessPool:  # it died between units (OOM killer): the unit has not run yet
+                        replace(w)
+                        fut = pools[w].submit(_pool_run, job)
+                    running[fut] = (w, job)
                     cell_of[w] = job.cell
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in done:
                     w, job = running.pop(fut)
-                    on_result(job, fut.result())
+                    try:
+                        df = fut.result()
+                    except BrokenProcessPool as exc:  # it died running the unit: a fresh one takes it again
+                        _count_retry(retries, job, self.retries, exc)
+                        replace(w)
+                        queue.put_back(job)
+                        idle.append(w)
+                        continue
+                    on_result(job, df)
                     idle.append(w)
+            finished = True
+        except KeyboardInterrupt:
+            _stopping(len(running))
+            raise
         finally:
             for pool in pools:
+                if not finished:  # an error or Ctrl-C: units still running would be discarded, so do not wait
+                    _kill(pool)
                 pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _stopping(in_flight: int) -> None:
+    """Ctrl-C: say what is lost and how to resume (the run then stops at once instead of finishing its units)."""
+    from tqdm.auto import tqdm
+
+    units = "1 unit in flight is" if in_flight == 1 else f"{in_flight} units in flight are"
+    tqdm.write(f"stopping: {units} discarded; rerun the same command to resume", file=sys.stderr)
+
+
+def _count_retry(retries: Counter, job: Job, allowed: int, exc: BaseException) -> None:
+    key = (job.cell, job.unit.id)
+    retries[key] += 1
+    if retries[key] > allowed:
+        raise RuntimeError(f"unit {job.unit.id} lost its worker {retries[key]} times; "
+                           f"giving up (--retries {allowed})") from exc
+    log.warning("worker died running %s (%s); retrying", job.unit.id, type(exc).__name__)
+
+
+def _kill(pool) -> None:
+    """SIGKILL a pool's worker process now (a pool offers no public handle on its processes)."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        proc.kill()
 
 
 class _Queue:
@@ -125,11 +199,40 @@ class _Queue:
 _WORKER: dict = {}  # in a worker process: the cell whose context it holds, and that context
 
 
-def _pool_init(threads: int) -> None:
+def _pool_init(threads: int, driver: int | None = None) -> None:
+    if driver is not None:  # a local worker process (not a Ray actor)
+        _die_with(driver)
+        # Ctrl-C in a terminal reaches the whole process group: the driver alone decides (it kills its workers)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # tqdm gives a process a multiprocessing lock with its first bar, a named semaphore that the resource
+        # tracker reports as leaked once the worker is killed; a worker's bars share a lock with no process
+        from tqdm.std import TqdmDefaultWriteLock
+
+        TqdmDefaultWriteLock.mp_lock = None
     import torch
 
     torch.set_num_threads(threads)
     quiet_libraries()
+
+
+def _die_with(driver: int) -> None:
+    """End this worker process when the driver dies, however it dies: kill -9 and SIGTERM run no clean-up in
+    the driver, and an orphaned worker would hold its memory (a model) for as long as its unit runs. Linux
+    sends the signal we ask for when the parent dies; elsewhere a thread watches for a new parent."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    else:
+        def watch():
+            while os.getppid() == driver:
+                time.sleep(1)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != driver:  # the driver died before the signal was asked for
+        os._exit(1)
 
 
 def _pool_run(job: Job) -> pd.DataFrame:
@@ -159,6 +262,10 @@ class _Worker:
     def run(self, job: Job) -> pd.DataFrame:
         return _pool_run(job)
 
+    def ready(self) -> int:
+        """Answers once the actor is up (after a restart too); returns its process id."""
+        return os.getpid()
+
 
 @dataclass
 class RayExecutor:
@@ -167,7 +274,9 @@ class RayExecutor:
     `address`: None starts a local Ray instance; "auto" or HOST:PORT joins a running cluster. Each of `workers`
     actors (default: as many as the cluster's CPUs or GPUs allow) holds `gpus_per_worker` GPUs and
     `cpus_per_worker` CPUs. A worker that dies (OOM, node lost, kill) is restarted by Ray and its unit is sent
-    again, up to `retries` times per unit; the retries are counted in the manifest.
+    again, up to `retries` times per unit; the retries are counted in the manifest. A restarting worker gets
+    no unit until it answers (probed with backoff); one that has not come back after `restart_wait_s` seconds
+    is left out, and the run fails only when no worker is left.
     """
 
     address: str | None = None
@@ -175,6 +284,7 @@ class RayExecutor:
     gpus_per_worker: float = 0
     cpus_per_worker: float = 1
     retries: int = 2
+    restart_wait_s: float = 30.0
     name: str = "ray"
 
     def _actors(self, ray) -> list:
@@ -198,35 +308,62 @@ class RayExecutor:
         actors = self._actors(ray) if jobs else []
         cell_of = dict.fromkeys(range(len(actors)))  # the cell whose context each actor holds
         queue = _Queue(jobs)
-        running: dict = {}  # object ref -> (actor index, job)
+        running: dict = {}  # object ref -> (actor index, job; None for a readiness probe)
         retries: Counter = Counter()
         idle = list(range(len(actors)))
+        # actors whose worker died: Ray restarts them, which takes seconds (a new process imports torch), and a
+        # unit sent before then fails at once; so each is probed with exponential backoff until it answers
+        down: dict[int, _Restart] = {}
         try:
-            while queue.pending or running:
+            while queue.pending or any(job is not None for _, job in running.values()):
+                now = time.monotonic()
+                for w, r in down.items():
+                    if not r.probing and now >= r.probe_at:
+                        running[actors[w].ready.remote()] = (w, None)
+                        r.probing = True
                 while idle and queue.pending:
                     w = idle.pop(0)
                     job = queue.take(w, cell_of[w])
                     running[actors[w].run.remote(job)] = (w, job)
                     cell_of[w] = job.cell
-                ready, _ = ray.wait(list(running), num_returns=1)
+                if not idle and not running and not down:
+                    raise RuntimeError(f"every Ray worker is gone (none restarted within {self.restart_wait_s:g} s)")
+                # wake up for the next probe that falls due, if any
+                timeout = min((max(0.0, r.probe_at - now) for r in down.values() if not r.probing), default=None)
+                if running:
+                    ready = ray.wait(list(running), num_returns=1, timeout=timeout)[0]
+                else:  # nothing runs: every worker is restarting
+                    time.sleep(timeout)
+                    ready = []
+                if not ready:
+                    continue
                 w, job = running.pop(ready[0])
                 try:
                     df = ray.get(ready[0])
                 except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as exc:
-                    key = (job.cell, job.unit.id)
-                    retries[key] += 1
-                    if retries[key] > self.retries:
-                        raise RuntimeError(f"unit {job.unit.id} lost its worker {retries[key]} times; "
-                                           f"giving up (--retries {self.retries})") from exc
-                    log.warning("worker died running %s (%s); retrying", job.unit.id, type(exc).__name__)
+                    if job is None:  # still restarting
+                        if not down[w].backoff(self.restart_wait_s):
+                            log.warning("Ray worker %d did not come back within %g s; going on without it",
+                                        w, self.restart_wait_s)
+                            del down[w]
+                        continue
+                    # the actor was up when it got the unit, so the unit's worker died (the error is often
+                    # ActorUnavailableError while Ray restarts it)
+                    _count_retry(retries, job, self.retries, exc)
                     queue.put_back(job)
                     cell_of[w] = None  # Ray restarts the actor, with no context
-                    idle.append(w)
+                    down[w] = _Restart(time.monotonic())
                     continue
                 except ray.exceptions.RayTaskError as exc:  # the unit itself failed: the same error as locally
                     raise exc.as_instanceof_cause() from None
-                on_result(job, df)
+                if job is None:  # restarted
+                    del down[w]
+                else:
+                    on_result(job, df)
                 idle.append(w)
+        except KeyboardInterrupt:
+            _stopping(sum(job is not None for _, job in running.values()))
+            raise
         finally:
             for actor in actors:
                 ray.kill(actor)
@@ -235,9 +372,30 @@ class RayExecutor:
                 "retries_allowed": self.retries, "retries": dict(retries)}  # {(cell, unit id): times re-sent}
 
 
+@dataclass
+class _Restart:
+    """A Ray actor being restarted: when to probe it next (0.5 s after a failed probe, doubling)."""
+
+    since: float
+    probe_at: float = 0.0
+    delay: float = 0.5
+    probing: bool = False
+
+    def backoff(self, patience: float) -> bool:
+        """After a failed probe: schedule the next one; False once the actor has had `patience` seconds."""
+        self.probing = False
+        now = time.monotonic()
+        if now - self.since > patience:
+            return False
+        self.probe_at = now + min(self.delay, self.since + patience - now)
+        self.delay *= 2
+        return True
+
+
 def make_executor(name: str, workers: int | None = None, **options) -> LocalExecutor | RayExecutor:
     if name == "local":
-        return LocalExecutor(workers=workers or 1)
+        retries = options.get("retries")
+        return LocalExecutor(workers=workers or 1, **({} if retries is None else {"retries": retries}))
     if name == "ray":
         _ray()
         return RayExecutor(workers=workers, **{k: v for k, v in options.items() if v is not None})
