@@ -120,15 +120,33 @@ def paired_test(a: Any, b: Any) -> dict[str, float | int]:
 class Quantity:
     """What a metric is, for its interval: its range and the interval method.
 
+    Every interval is a 95% interval of the population mean: over the seeds' random draws (demonstrations, training
+    order) and, when each seed draws its own queries, over the queries too. When seeds share one query set, an
+    interval from per-seed values misses the query-to-query variance; give the seeds x queries matrix to
+    `crossed_interval`. Coverage of every method at 3, 5 and 10 seeds: `benchmarks/coverage.py`.
+
     method:
-    - "wilson": a proportion of trials. Wilson score interval on the pooled count, with the effective sample size
-      of clustered data (trials within a seed share demonstrations): n_eff = p(1-p) / var, var the larger of the
-      binomial and the between-seed (ratio-estimator) variance, and the t quantile with n_seeds - 1 degrees of
-      freedom (Korn & Graubard 1998). Inside [0, 1] at every n; never zero-width merely because seeds agree.
+    - "score": the mean of a bounded quantity (cosines, rank correlations, differences of proportions, ...). The
+      seed-to-seed variance shrinks as the mean nears a bound of the range [lo, hi], so it is modelled as
+      v(mu) = v * (V(mu) / V(mean))**SEED_POWER with V(mu) = (mu - lo)(hi - mu) and v = sd**2 / n measured at the mean;
+      the interval is every mu with (mean - mu)**2 <= t**2 * v(mu), t the Student quantile with n - 1 degrees of
+      freedom, fewer for heavy-tailed seeds (`_seed_df`: only from about 8 seeds on). Far from the bounds this is
+      the t-interval; near one it reaches further from the bound than towards it, as the skewed spread of seeds
+      near a bound requires (a plain t-interval covered 0.88 there), and it always stays inside the range, short of
+      a bound unless every seed sits on it. SEED_POWER = 1.5 lies between a beta/binomial spread (1) and a
+      logit-normal or constant-CV one (2); the simulation chose it (1 under-covers skewed seeds at 5-10 seeds).
+    - "wilson": a proportion of trials (accuracy, Rec2FTP, changed predictions). The pooled proportion with the hull
+      of two score intervals at the t quantile of the seeds (as for "score"; the normal quantile for one seed):
+      Wilson's interval over all trials (the binomial variance, so seeds that agree never give a zero-width
+      interval; one seed gives plain Wilson), and the "score" interval of the between-seed variance of the ratio
+      estimator (trials within a seed share demonstrations). Inside [0, 1] at every n.
     - "fisher_z": a correlation computed per seed. Per-seed r -> z = atanh(r), t-interval across seeds on the z
       scale, back through tanh; the point estimate is tanh(mean z) (the usual way to average correlations).
-    - "t": mean with a Student-t interval across seeds, intersected with the range. Intersecting a confidence set
-      with the known parameter space keeps its coverage, unlike a percentile bootstrap at 2-5 seeds (~50-85%).
+    - "t": mean with a Student-t interval across seeds, intersected with the range (unbounded or half-bounded
+      quantities: update sizes, speed-ups, losses). Intersecting a confidence set with the known parameter space
+      keeps its coverage, unlike a percentile bootstrap at 2-5 seeds (~50-85%).
+    - "crossed" (`crossed_interval` only): seeds x queries crossed random effects, for studies whose seeds share
+      their queries.
     """
 
     low: float
@@ -138,12 +156,12 @@ class Quantity:
 
 
 PROPORTION = Quantity(0.0, 1.0, "wilson", "proportion of trials")
-COSINE = Quantity(-1.0, 1.0, "t", "cosine similarity")
+COSINE = Quantity(-1.0, 1.0, "score", "cosine similarity")
 CORRELATION = Quantity(-1.0, 1.0, "fisher_z", "correlation per seed")
-MEAN_TAU = Quantity(-1.0, 1.0, "t", "rank correlation averaged over queries")
-UNIT = Quantity(0.0, 1.0, "t", "quantity in [0, 1]")
-DISTANCE = Quantity(0.0, 2.0, "t", "cosine distance 1 - cos")
-DIFF_PROPORTION = Quantity(-1.0, 1.0, "t", "difference of two proportions")
+MEAN_TAU = Quantity(-1.0, 1.0, "score", "rank correlation averaged over queries")
+UNIT = Quantity(0.0, 1.0, "score", "quantity in [0, 1]")
+DISTANCE = Quantity(0.0, 2.0, "score", "cosine distance 1 - cos")
+DIFF_PROPORTION = Quantity(-1.0, 1.0, "score", "difference of two proportions")
 POSITIVE = Quantity(0.0, math.inf, "t", "positive quantity")
 REAL = Quantity(-math.inf, math.inf, "t", "unbounded quantity")
 
@@ -154,7 +172,7 @@ QUANTITIES: dict[str, Quantity] = {
     "pearson_r": CORRELATION, "spearman_rho": CORRELATION, "fisher_z": REAL,
     # dual view
     **{k: COSINE for k in ("simaou", "simaou_random", "simam_before", "simam_after")},
-    "kendall": MEAN_TAU, "kendall_random": MEAN_TAU,
+    "kendall": MEAN_TAU, "kendall_random": MEAN_TAU, "kendall_scores": MEAN_TAU, "kendall_probs": MEAN_TAU,
     "rec2ftp": PROPORTION, "accuracy": PROPORTION, "update_ratio": POSITIVE,
     # implicit patterns
     # update size ‖h_x − h_ZSL‖ / ‖h_ZSL‖ (every study) and the share of predictions a setting changed
@@ -179,7 +197,8 @@ def interval(values: Any, metric: str, trials: Any = None, confidence: float = 0
 
     `trials` (proportions only): trials behind each seed's proportion (a number or one per seed). Returns
     `mean`, `ci_low`, `ci_high`, `n` (seeds), `sd`, `method`, `range` ([low, high], None if unbounded) and
-    `per_seed` (the values, NaN kept).
+    `per_seed` (the values, NaN kept). The interval covers the population mean over what varies between the seeds
+    (see `Quantity`); for seeds that share their queries use `crossed_interval`.
     """
     q = quantity(metric)
     raw = to_float64(values).ravel()
@@ -199,6 +218,12 @@ def interval(values: Any, metric: str, trials: Any = None, confidence: float = 0
         t = t_interval(z, confidence)
         out.update(mean=float(np.tanh(t["mean"])), ci_low=float(np.tanh(t["ci_low"])),
                    ci_high=float(np.tanh(t["ci_high"])))
+    elif q.method == "score":
+        mean = float(np.mean(x))
+        out["mean"] = mean
+        if n > 1:
+            lo, hi = _bounded_score(mean, out["sd"] ** 2 / n, _t_quantile(confidence, _seed_df(x)), q.low, q.high)
+            out.update(ci_low=lo, ci_high=hi)
     else:
         t = t_interval(x, confidence)
         out.update(mean=t["mean"], ci_low=_clip(t["ci_low"], q), ci_high=_clip(t["ci_high"], q))
@@ -209,22 +234,87 @@ def _clip(v: float, q: Quantity) -> float:
     return v if v != v else float(min(max(v, q.low), q.high))
 
 
+# The seed-to-seed variance of a bounded mean scales as ((mu - lo)(hi - mu))**SEED_POWER (see `Quantity`, "score").
+SEED_POWER = 1.5
+
+
+def _t_quantile(confidence: float, df: float | None) -> float:
+    """Two-sided Student quantile with `df` degrees of freedom (any df > 0); the normal one for df None or inf."""
+    if df is None or not math.isfinite(df):
+        return float(stats.norm.ppf((1 + confidence) / 2))
+    return float(stats.t.ppf((1 + confidence) / 2, df))
+
+
+def _seed_df(x: np.ndarray) -> float:
+    """Degrees of freedom of the seeds' spread: n - 1, fewer when the seeds are heavy-tailed (sample excess kurtosis
+    g2 = m4 / m2**2 - 3 > 0): 2 / (2 / (n - 1) + g2 / n), the chi-square matching the variance of the sample
+    variance, var(s**2) = sigma**4 (2 / (n - 1) + kurtosis / n). g2 is -1.5 for every 3 values and at most 0.25 for 5,
+    so this bites from about 8 seeds on, where skewed seeds still under-covered."""
+    n = x.size
+    d = x - x.mean()
+    m2 = float(np.mean(d**2))
+    g2 = float(np.mean(d**4)) / m2**2 - 3 if m2 > 0 else 0.0
+    return 2.0 / (2.0 / (n - 1) + max(g2, 0.0) / n)
+
+
+def _spread_bounds(p: float, v: float, quant: float) -> tuple[float, float]:
+    """On the unit scale: the set of mu in [0, 1] with (p - mu)**2 <= quant**2 * v * (V(mu) / V(p))**SEED_POWER,
+    V(mu) = mu (1 - mu); `v` is the variance of the mean measured at `p`.
+
+    sqrt(V(mu)**SEED_POWER) is concave for SEED_POWER <= 2, so the set is an interval around p with one root of
+    (p - mu)**2 = quant**2 * v * (V(mu) / V(p))**SEED_POWER on each side (found by Brent's method to ~1e-15)."""
+    if not v > 0:
+        return p, p
+    vp = p * (1.0 - p)
+    if not vp > 0:  # values at a bound yet spread out: only if they left the range by rounding; fall back to t
+        h = quant * math.sqrt(v)
+        return max(0.0, p - h), min(1.0, p + h)
+    from scipy.optimize import brentq
+
+    c = quant * quant * v / vp**SEED_POWER
+
+    def f(mu: float) -> float:
+        return (p - mu) ** 2 - c * (mu * (1.0 - mu)) ** SEED_POWER
+
+    lo = brentq(f, 0.0, p, xtol=1e-15) if f(0.0) > 0 else 0.0
+    hi = brentq(f, p, 1.0, xtol=1e-15) if f(1.0) > 0 else 1.0
+    return float(lo), float(hi)
+
+
+def _bounded_score(mean: float, var: float, quant: float, low: float, high: float) -> tuple[float, float]:
+    """The "score" interval of a mean in [low, high] with variance `var` at the mean (see `Quantity`); an unbounded
+    side falls back to the t-interval."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        h = quant * math.sqrt(var)
+        return max(low, mean - h), min(high, mean + h)
+    span = high - low
+    p = min(1.0, max(0.0, (mean - low) / span))
+    a, b = _spread_bounds(p, var / span**2, quant)
+    return min(mean, low + span * a), max(mean, low + span * b)
+
+
+def _wilson(p: float, n: float, quant: float) -> tuple[float, float]:
+    """Wilson's score interval of a proportion p from n trials at the quantile `quant`."""
+    z2 = quant * quant
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = quant / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n**2))
+    return centre - half, centre + half
+
+
 def _wilson_clustered(successes: np.ndarray, trials: np.ndarray, confidence: float) -> dict:
+    """Pooled proportion; hull of Wilson over all trials and the score interval of the between-seed variance."""
     n_seeds, total = successes.size, float(trials.sum())
     if total <= 0:
         return {}
     p = float(successes.sum()) / total
-    var = p * (1 - p) / total  # binomial
+    quant = _t_quantile(confidence, _seed_df(successes / trials) if n_seeds > 1 else None)
+    lo, hi = _wilson(p, total, quant)  # binomial: the floor, and all there is for one seed
     if n_seeds > 1:  # between-seed variance of the ratio estimator
-        var = max(var, n_seeds / (n_seeds - 1) * float(np.sum((successes - p * trials) ** 2)) / total**2)
-    n_eff = p * (1 - p) / var if var > 0 else total
-    df = n_seeds - 1
-    z = float(stats.t.ppf((1 + confidence) / 2, df)) if df >= 1 else float(stats.norm.ppf((1 + confidence) / 2))
-    z2 = z * z
-    centre = (p + z2 / (2 * n_eff)) / (1 + z2 / n_eff)
-    half = z / (1 + z2 / n_eff) * math.sqrt(p * (1 - p) / n_eff + z2 / (4 * n_eff**2))
-    # Wilson's interval holds p; min/max only absorb rounding at p = 0 or 1
-    return {"mean": p, "ci_low": max(0.0, min(p, centre - half)), "ci_high": min(1.0, max(p, centre + half))}
+        v = n_seeds / (n_seeds - 1) * float(np.sum((successes - p * trials) ** 2)) / total**2
+        a, b = _spread_bounds(p, v, quant)
+        lo, hi = min(lo, a), max(hi, b)
+    # both intervals hold p; min/max only absorb rounding at p = 0 or 1
+    return {"mean": p, "ci_low": max(0.0, min(p, lo)), "ci_high": min(1.0, max(p, hi))}
 
 
 def layer_intervals(matrix: Any, metric: str, confidence: float = 0.95) -> dict[str, list]:
@@ -234,6 +324,84 @@ def layer_intervals(matrix: Any, metric: str, confidence: float = 0.95) -> dict[
         raise ValueError(f"expected shape (n_seeds, n_layers), got {m.shape}")
     cols = [interval(m[:, j], metric, confidence=confidence) for j in range(m.shape[1])]
     return {key: [c[key] for c in cols] for key in ("mean", "ci_low", "ci_high", "sd", "n")}
+
+
+def variance_components(matrix: Any) -> dict:
+    """Two-way crossed random effects y[s, q] = mu + a_s + b_q + e_sq of a complete seeds x queries matrix (S, Q >= 2),
+    by the ANOVA method of moments (negative components truncated at 0).
+
+    Mean squares MS_seed = Q * sum_s (row mean - grand)**2 / (S - 1), MS_query = S * sum_q (column mean - grand)**2 /
+    (Q - 1), MS_resid = sum (y - row mean - column mean + grand)**2 / ((S - 1)(Q - 1)); components seed = (MS_seed -
+    MS_resid) / Q, query = (MS_query - MS_resid) / S, resid = MS_resid. The variance of the grand mean is
+    seed / S + query / Q + resid / (S Q) (unbiased, = (MS_seed + MS_query - MS_resid) / (S Q), while no component
+    is truncated); its Satterthwaite degrees of freedom come from that linear combination of mean squares.
+    Returns `mean`, `var_mean`, `df`, `seed`, `query`, `resid`, `ms_seed`, `ms_query`, `ms_resid`, `n_seeds`,
+    `n_queries`.
+    """
+    y = to_float64(matrix)
+    s, nq = y.shape
+    grand = float(y.mean())
+    rows, cols = y.mean(axis=1), y.mean(axis=0)
+    ms_s = nq * float(np.sum((rows - grand) ** 2)) / (s - 1)
+    ms_q = s * float(np.sum((cols - grand) ** 2)) / (nq - 1)
+    ms_e = float(np.sum((y - rows[:, None] - cols[None, :] + grand) ** 2)) / ((s - 1) * (nq - 1))
+    coef = {"s": 0.0, "q": 0.0, "e": 1.0}  # var_mean = sum coef * MS / (S Q)
+    if ms_s > ms_e:
+        coef["s"], coef["e"] = 1.0, coef["e"] - 1.0
+    if ms_q > ms_e:
+        coef["q"], coef["e"] = 1.0, coef["e"] - 1.0
+    terms = {"s": (ms_s, s - 1), "q": (ms_q, nq - 1), "e": (ms_e, (s - 1) * (nq - 1))}
+    var = sum(coef[k] * terms[k][0] for k in terms) / (s * nq)
+    den = sum((coef[k] * terms[k][0] / (s * nq)) ** 2 / terms[k][1] for k in terms)
+    return {"mean": grand, "var_mean": max(var, 0.0), "df": var**2 / den if var > 0 and den > 0 else NAN,
+            "seed": max(0.0, (ms_s - ms_e) / nq), "query": max(0.0, (ms_q - ms_e) / s), "resid": ms_e,
+            "ms_seed": ms_s, "ms_query": ms_q, "ms_resid": ms_e, "n_seeds": s, "n_queries": nq}
+
+
+def crossed_interval(matrix: Any, metric: str, confidence: float = 0.95) -> dict:
+    """Interval of the grand mean of a seeds x queries matrix of per-query values when every seed measured the SAME
+    queries: it covers the population mean over seeds and queries, where one from per-seed means (`interval`) would
+    miss the variance of which queries were drawn (nominal 95% covered 0.65-0.69 at 10 seeds).
+
+    `matrix`: (n_seeds, n_queries), one value per seed and query (a 0/1 outcome for proportions). Seeds that are all
+    NaN are dropped, then every query with a NaN (the ANOVA needs a complete table). The variance of the grand mean
+    and its Satterthwaite degrees of freedom come from `variance_components`; the bounds are the quantity's: "score"
+    (and for proportions the hull with Wilson over the n_queries shared queries, which floors the width when the
+    components vanish), "t" clipped to the range otherwise. Returns `interval`'s keys with `method` "crossed" and
+    `per_seed` the seeds' means, plus `n_queries`, `df` and `components` (seed, query, resid). The interval is NaN
+    with fewer than 2 seeds or 2 queries. Correlations (Fisher z) are not means over queries: a ValueError.
+    """
+    q = quantity(metric)
+    if q.method == "fisher_z":
+        raise ValueError(f"{metric!r} is a correlation per seed, not a mean over queries")
+    y = to_float64(matrix)
+    if y.ndim != 2:
+        raise ValueError(f"expected shape (n_seeds, n_queries), got {y.shape}")
+    y = y[~np.all(np.isnan(y), axis=1)]
+    y = y[:, ~np.any(np.isnan(y), axis=0)]
+    s, nq = y.shape
+    per_seed = y.mean(axis=1) if nq else np.full(s, NAN)
+    out = {"mean": float(y.mean()) if y.size else NAN, "ci_low": NAN, "ci_high": NAN, "n": s, "n_queries": nq,
+           "sd": float(np.std(per_seed, ddof=1)) if s > 1 and nq else NAN, "method": "crossed",
+           "range": [v if math.isfinite(v) else None for v in (q.low, q.high)],
+           "per_seed": [float(v) for v in per_seed], "df": NAN, "components": None}
+    if s < 2 or nq < 2:
+        return out
+    vc = variance_components(y)
+    mean, var, df = vc["mean"], vc["var_mean"], vc["df"]
+    out.update(df=df, components={k: vc[k] for k in ("seed", "query", "resid")})
+    quant = _t_quantile(confidence, df if df == df else nq - 1)
+    if q.method in ("score", "wilson"):
+        lo, hi = _bounded_score(mean, var, quant, q.low, q.high)
+        if q.method == "wilson":
+            p = min(1.0, max(0.0, mean))
+            a, b = _wilson(p, nq, quant)
+            lo, hi = max(0.0, min(lo, a, mean)), min(1.0, max(hi, b, mean))
+    else:
+        h = quant * math.sqrt(var)
+        lo, hi = _clip(mean - h, q), _clip(mean + h, q)
+    out.update(ci_low=float(lo), ci_high=float(hi))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -246,6 +246,9 @@ def write_metrics_page(out: Path) -> Path:
 
 
 INTERVALS = ("Intervals: 95%, across seeds, chosen per quantity (iclft.metrics.stats.QUANTITIES): proportions "
-             "(accuracy, Rec2FTP) by a Wilson interval with the clustered effective sample size; correlations "
-             "per seed by Fisher z; cosines and other bounded means by a Student-t interval intersected with the "
-             "quantity's range")
+             "(accuracy, Rec2FTP) by the hull of a Wilson interval over all trials and a score interval of the "
+             "between-seed variance; correlations per seed by Fisher z; cosines and other bounded means by a score "
+             "interval whose seed spread shrinks toward the range's bounds (the t-interval far from them, always "
+             "inside the range); unbounded quantities by a Student-t interval. Each seed draws its own "
+             "demonstrations and its own test queries, so an interval covers the population mean over "
+             "demonstration draws and queries, not only the queries measured (coverage: benchmarks/coverage.py)")
