@@ -1,7 +1,6 @@
 """Smoke test of `iclft bench --quick`: every row is there, ratios are finite and positive, the fast ways agree
 with the slow ones. No timing asserts (the machine is shared; only ratios measured side by side count)."""
 
-import importlib
 import math
 
 from iclft.bench import PRESETS, DeepSpec, Sizes, format_table, run_bench
@@ -19,11 +18,8 @@ def test_quick_bench_rows():
     rows = result["rows"]
     models = ["builtin", "random-3Lx4H"]
     assert [(r["name"], r["model"]) for r in rows] == [(n, m) for m in models for n in NAMES]
-    stacked = hasattr(importlib.import_module("iclft.tuning"), "StackedLora")
-    for r in rows:
-        if r["name"] == "stacked vs seq. LoRA" and not stacked:
-            assert r["ratio"] is None and r["status"].startswith("not available")
-            continue
+    for r in rows:  # every comparison is measured: a failed one has no ratio and says FAILED
+        assert "status" not in r, r["status"]
         for key in ("baseline_s", "fast_s", "ratio"):
             assert math.isfinite(r[key]) and r[key] > 0, (r["name"], r["model"], key, r[key])
         if "max_abs_diff" in r:

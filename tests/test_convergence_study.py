@@ -138,9 +138,9 @@ def test_empty_dataset(tmp_path):
 
 
 def test_label_words_with_colliding_first_tokens(tmp_path):
-    # Words the built-in vocabulary lacks both tokenize to <unk>: their first tokens collide.
+    # The built-in tokenizer lower-cases: "yes" and "Yes" are one token.
     data = tmp_path / "task.jsonl"
-    rows = [{"input": f"item {i}", "label": ["zzqxa", "zzqxb"][i % 2]} for i in range(40)]
+    rows = [{"input": f"item {i}", "label": ["yes", "Yes"][i % 2]} for i in range(40)]
     data.write_text("\n".join(json.dumps(r) for r in rows))
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"task: {data}\ncontrol_task: null\n")
@@ -165,8 +165,17 @@ def test_existing_run_with_other_spec_is_refused(quick_run):
 
 
 def test_report_rerender(quick_run):
-    before = (quick_run / "report.html").stat().st_mtime_ns
+    """`iclft report` renders report.html and the figures again from the records and summary."""
+    html = (quick_run / "report.html").read_text()
+    (quick_run / "report.html").write_text("stale")
+    figures = sorted(p.name for p in (quick_run / "figures").glob("*.png"))
+    for p in (quick_run / "figures").glob("*.png"):
+        p.unlink()
     res = runner.invoke(app, ["report", str(quick_run)])
     assert res.exit_code == 0, res.output
-    assert (quick_run / "report.html").stat().st_mtime_ns >= before
+    assert f"report: {quick_run / 'report.html'}" in res.output
+    again = (quick_run / "report.html").read_text()
+    assert again != "stale" and "Findings" in again and "data:image/png;base64," in again
+    assert sorted(p.name for p in (quick_run / "figures").glob("*.png")) == figures
+    assert len(again) == pytest.approx(len(html), rel=0.01)  # the same report (figures re-encoded: bytes may differ)
     assert np.isfinite(json.loads((quick_run / "summary.json").read_text())["s_icl_it"]["last_layer"]["mean"])

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from iclft import UserError
+from iclft import UserError, rundir
 from iclft.studies.dual_view import (
     LAYER_METRICS,
     QUICK,
@@ -17,7 +17,6 @@ from iclft.studies.dual_view import (
     demo_pool,
     draw_demos,
     draw_validation,
-    fit_demos,
 )
 from iclft.sweep import run as run_registered
 from iclft.tasks.base import Example, Task
@@ -85,10 +84,17 @@ def test_same_seed_same_numbers_and_resume(quick_run, tmp_path):
     first = json.loads((quick_run / "summary.json").read_text())
     again = json.loads((run(DualSpec(**QUICK), tmp_path / "again") / "summary.json").read_text())
     assert json.dumps(first, sort_keys=True) == json.dumps(again, sort_keys=True)
-    # rerunning into the finished directory resumes from the shards and gives the same summary
+    # rerunning into the finished directory computes nothing
     before = {p.name: p.stat().st_mtime_ns for p in (quick_run / "shards").iterdir()}
     run(DualSpec(**QUICK), quick_run)
     assert {p.name: p.stat().st_mtime_ns for p in (quick_run / "shards").iterdir()} == before
+    # a run that lost a shard, its records and its summary recomputes that seed and summarises it with the
+    # resumed one: the same summary as the uninterrupted run
+    rundir.drop_shard(quick_run, "seed1")
+    (quick_run / "records.parquet").unlink()
+    (quick_run / "summary.json").unlink()
+    run(DualSpec(**QUICK), quick_run)
+    assert rundir.shard_state(quick_run, "seed1") == "done"
     resumed = json.loads((quick_run / "summary.json").read_text())
     assert json.dumps(resumed, sort_keys=True) == json.dumps(first, sort_keys=True)
 
@@ -123,20 +129,6 @@ def test_balanced_demos_and_disjoint_validation():
     assert sum(v.label == "positive" for v in val) == 5
     again = draw_demos(pool, 9, task.label_words, "balanced", random.Random(0))
     assert [d.input for d in again] == [d.input for d in demos]  # seeded order
-
-
-def test_fit_demos_drops_only_what_the_context_cannot_hold(tok):
-    from iclft.prompts import PromptBuilder
-
-    task = _task()
-    b = PromptBuilder(tok, task)
-    demos = draw_demos(task.train, 8, task.label_words, "balanced", random.Random(1))
-    full = len(b.build(task.test[1], demos))
-    assert fit_demos(b, demos, task.test[1], full, True) == demos
-    fitted = fit_demos(b, demos, task.test[1], full - 1, True)
-    assert fitted == demos[: len(fitted)] and len(fitted) == 7
-    with pytest.raises(UserError):
-        fit_demos(b, demos, task.test[1], 3, True)
 
 
 def test_dai_templates_offline_checks():

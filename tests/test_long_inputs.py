@@ -122,10 +122,14 @@ def test_a_sliding_window_bounds_the_prompts_of_the_dual_study(tmp_path):
     from iclft.models.load import load
 
     assert load(str(d)).max_len == 96
-    spec = STUDIES["dual"].spec(model=str(d), seeds=1, k=8, queries=6, val_size=6, lr_grid=[1e-2])
-    out = run_study(STUDIES["dual"], spec, tmp_path / "run")
+    spec = dict(model=str(d), seeds=1, queries=6, val_size=6, lr_grid=[1e-2])
+    with pytest.raises(UserError, match=r"context window \(96 tokens\)") as err:  # the window, not the positions
+        STUDIES["dual"].setup(STUDIES["dual"].spec(**spec, k=8))
+    k = int(re.search(r"at most (\d+) demonstrations fit", str(err.value)).group(1))
+    assert 1 <= k < 8
+    out = run_study(STUDIES["dual"], STUDIES["dual"].spec(**spec, k=k), tmp_path / "run")
     summary = json.loads((out / "summary.json").read_text())
-    assert 1 <= summary["k_per_seed"]["0"] < 8  # k fitted to the window, not to max_position_embeddings
+    assert summary["k_per_seed"]["0"] == k
 
 
 def test_gemma2_runs_eager_and_unsupported_families_are_refused_before_weights_load(tmp_path, monkeypatch):

@@ -44,7 +44,43 @@ def test_roles_and_spans(tok):
 
 def test_label_word_collision_is_an_input_error(tok):
     with pytest.raises(UserError, match="share their first token"):
-        PromptBuilder(tok, make_task(("good", "good")))
+        PromptBuilder(tok, make_task(("good", "Good")))  # the toy tokenizer lower-cases
+
+
+def test_a_task_with_one_label_is_an_input_error(tok):
+    # it used to run, every prediction right whatever the model did
+    for words in (("positive",), ("positive", "positive")):
+        with pytest.raises(UserError, match=r"^task 'toy' has one label only \('positive'\)"):
+            PromptBuilder(tok, make_task(words))
+
+
+def test_a_label_word_outside_the_vocabulary_is_an_input_error(tok):
+    # it used to be accepted: its every token is <unk>, which any other unknown word shares
+    assert tok("zzqxa", add_special_tokens=False)["input_ids"] == [tok.unk_token_id]
+    with pytest.raises(UserError, match=r"^task 'toy': label word 'zzqxa' is not in the tokenizer's vocabulary"):
+        PromptBuilder(tok, make_task(("positive", "zzqxa")))
+    PromptBuilder(tok, make_task(("positive", "negative")))  # known words pass
+
+
+def test_fit_refuses_a_k_that_fits_in_no_way_and_names_the_largest_that_does(tok):
+    import re
+
+    task = make_task()
+    b = PromptBuilder(tok, task, max_len=60)
+    with pytest.raises(UserError, match=r"context window \(60 tokens\)") as err:
+        b.fit(task.test, [(task.train, task)], 50)
+    most = int(re.search(r"at most (\d+) demonstrations fit", str(err.value)).group(1))
+    cap, queries, (pool,) = b.fit(task.test, [(task.train, task)], most)  # the largest k that fits does
+    longest = sorted(pool, key=lambda e: len(tok(task.query_text(e))["input_ids"]))[-most:]
+    assert all(len(b.build(q, longest)) <= 60 for q in queries)
+    with pytest.raises(UserError):
+        b.fit(task.test, [(task.train, task)], most + 1)
+    # skipping nothing, most_demos is the largest k such that any k demonstrations fit before any query
+    k = b.most_demos(task.test, [(task.train, task)])
+    assert 0 < k <= most
+    worst = sorted(task.train, key=lambda e: len(tok(task.query_text(e))["input_ids"]))
+    assert all(len(b.build(q, worst[-k:])) <= 60 for q in task.test)
+    assert any(len(b.__class__(tok, task).build(q, worst[-(k + 1):])) > 60 for q in task.test)
 
 
 def test_prompt_too_long_is_an_input_error(tok):

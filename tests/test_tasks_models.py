@@ -39,9 +39,23 @@ def test_custom_jsonl_and_csv(tmp_path):
 
 
 def test_hub_tasks_fail_with_one_clear_error_offline():
-    for name in ("glue/sst2", "wmt16"):
+    for name in ("glue/sst2", "dai/mr"):
         with pytest.raises(UserError):
             get_task(name)
+
+
+def test_every_listed_task_is_one_a_study_can_run():
+    # WMT16 translation (scored with BLEU) was listed, yet every study needs a classification task
+    with pytest.raises(UserError, match="unknown task"):
+        get_task("wmt16")
+    res = subprocess.run([sys.executable, "-m", "iclft", "tasks"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "wmt16" not in res.stdout and "BLEU" not in res.stdout
+
+
+def test_get_task_has_no_seed_it_would_ignore():
+    # the seed used to be accepted and silently ignored by the sentiment and hub tasks: splits are fixed
+    with pytest.raises(TypeError):
+        get_task("sentiment", seed=1)
 
 
 def test_unknown_task():

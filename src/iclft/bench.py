@@ -243,15 +243,14 @@ def bench_prefix_cache(loaded: Loaded, *, queries: int = 32, k: int = 32, batch:
     from iclft.capture import capture, site_names
     from iclft.capture.prefix import capture_prefixed
     from iclft.prompts import PromptBuilder
-    from iclft.studies.dual_view import demo_pool, draw_demos, fit_demos
+    from iclft.studies.dual_view import demo_pool, draw_demos
     from iclft.tasks import get_task
 
     task = get_task("sentiment")
-    builder = PromptBuilder(loaded.tokenizer, task)
-    qs = task.test[:queries]
-    demos = draw_demos(demo_pool(task, qs), k, task.label_words, "balanced", random.Random(0))
-    longest = max(qs, key=lambda q: len(builder.build(q, [])))
-    demos = fit_demos(builder, demos, longest, loaded.max_len, True)
+    builder = PromptBuilder(loaded.tokenizer, task, max_len=loaded.max_len)
+    _, qs, (train,) = builder.fit(task.test[:queries], [(task.train, task)], k)  # as the study: k fits
+    pool = demo_pool(dataclasses.replace(task, train=train), qs)
+    demos = draw_demos(pool, k, task.label_words, "balanced", random.Random(0))
     prompts = [builder.build(q, demos) for q in qs]
     start = prompts[0].query_span[0]
     prefix, suffixes = prompts[0].ids[:start], [p.ids[start:] for p in prompts]
@@ -341,10 +340,6 @@ def bench_patching(loaded: Loaded, *, pairs_per_family: int = 4, top: int = 10, 
 # ------------------------------------------------------------------------------------------ LoRA adapters
 
 
-class Unavailable(RuntimeError):
-    """A comparison whose fast way is not in this install: its row says "not available"."""
-
-
 def adapter_trials(loaded: Loaded, n_trials: int, k: int, seed: int = 0) -> list:
     """(training examples, seed, zero-shot prompt ids) per trial, as the convergence study builds them: trial 2i
     is query i's IT adapter (demonstrations with the instruction), trial 2i+1 its SL adapter (without)."""
@@ -376,12 +371,8 @@ def bench_adapters(loaded: Loaded, *, trials: int = 8, k: int = 4, steps: int = 
     import warnings
 
     from iclft.capture import capture, site_names
-    from iclft.tuning import LoraConfigSpec, LoraSession
+    from iclft.tuning import LoraConfigSpec, LoraSession, StackedLora
 
-    try:
-        from iclft.tuning import StackedLora
-    except ImportError as exc:
-        raise Unavailable(f"TODO: stacked LoRA (iclft.tuning.StackedLora) is not there: {exc}") from None
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")  # PEFT uses a deprecated API
     n_layers = loaded.info["n_layers"]
     sites = site_names(n_layers)
@@ -419,9 +410,9 @@ def bench_adapters(loaded: Loaded, *, trials: int = 8, k: int = 4, steps: int = 
 # ------------------------------------------------------------------------------------------ the table
 
 
-def _unavailable(name: str, model: str, why: str) -> dict:
+def _failed(name: str, model: str, exc: Exception) -> dict:
     return {"name": name, "model": model, "baseline": None, "fast": None, "baseline_s": None, "fast_s": None,
-            "ratio": None, "sizes": "", "status": f"not available: {why}"}
+            "ratio": None, "sizes": "", "status": f"FAILED: {type(exc).__name__}: {exc}"}
 
 
 def run_bench(preset: str = "default", *, models: tuple[str, ...] = ("builtin", "deep"),
@@ -459,12 +450,9 @@ def run_bench(preset: str = "default", *, models: tuple[str, ...] = ("builtin", 
             t0 = time.perf_counter()
             try:
                 row = job()
-            except Unavailable as exc:
-                row = _unavailable(name, m.name, str(exc))
             except Exception as exc:  # noqa: BLE001 - one broken comparison must not lose the others
                 log(f"  {name}: FAILED: {type(exc).__name__}: {exc}")
-                row = _unavailable(name, m.name, f"{type(exc).__name__}: {exc}")
-                row["status"] = f"FAILED: {type(exc).__name__}: {exc}"
+                row = _failed(name, m.name, exc)
             log(f"  {name:22s} {time.perf_counter() - t0:7.1f} s")
             rows.append(row)
     return {"preset": preset, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -485,7 +473,7 @@ def format_table(rows: list[dict]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         if r.get("ratio") is None:
-            lines.append(f"{r['name']:24s} {r['model']:16s} {r.get('status', 'not available')}")
+            lines.append(f"{r['name']:24s} {r['model']:16s} {r['status']}")
             continue
         lines.append(
             f"{r['name']:24s} {r['model']:16s} {_fmt(r['baseline_s'], '.3f', 8)} {_fmt(r['fast_s'], '.3f', 8)} "

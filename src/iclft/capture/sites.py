@@ -47,7 +47,9 @@ SITES: dict[str, Site] = {
                  "KV group), over all non-padding keys"),
         Site("attn.q", "attn", "attention", heads=True, doc="attention query after RoPE, as attention sees it"),
         Site("attn.q_pre", "attn", "attention", heads=True,
-             doc="attention query before RoPE: a function of the token alone (= attn.q without RoPE)"),
+             doc="attention query before RoPE: a function of the layer input alone (at layer 0, of the token), "
+                 "computed where the model produces it, by its query projection (and query norm, where there is one), "
+                 "one token at a time, so equal inputs give bitwise-equal queries (= attn.q without RoPE)"),
     ]
 }
 

@@ -3,13 +3,25 @@
 All functions take torch tensors or numpy arrays, compute in float64 and return numpy values.
 Per-layer results are arrays of shape (n_layers,); averaging over layers is left to the caller so
 that the per-layer curve is kept.
+
+Kendall has two modes (`KENDALL_MODES`); "scores" is the computation of Dai et al.'s code (microsoft/LMOps,
+understand_icl: struprompting/criterions/fs_eval.py, `process_attention_map_classification`, and
+icl_ft/compute_training_example_attn.py, `compute_training_attn`), "probs" the earlier iclft one:
+- ICL side. scores: the last token's raw pre-softmax scores q·k·scale, summed over heads, at the demonstration
+  tokens, softmaxed over those tokens. probs: the last token's attention probabilities (softmax over all keys,
+  per head), summed over heads, at the demonstration tokens.
+- FT side. scores: the demonstration tokens' and the test token's queries, each multiplied by the attention
+  scale (fairseq records q after `q *= self.scaling`), dotted over all heads' dimensions, softmaxed over the
+  demonstration tokens. probs: the same without the scale (`ft_kv_scores`).
+Each softmax is strictly increasing within its row, so it changes Kendall's τ only where float64 rounding or
+underflow makes two values equal; it is kept to match the official numbers exactly.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -141,8 +153,8 @@ def simam(m_x: Sequence[Sequence[Any]], m_y: Sequence[Sequence[Any]]) -> np.ndar
 
 
 def icl_demo_attention(attn_probs: Any, demo_positions: Any) -> np.ndarray:
-    """ICL side of `kendall`: the last token's post-softmax attention to each demonstration token,
-    summed over heads.
+    """ICL side of `kendall` in mode "probs": the last token's post-softmax attention to each demonstration
+    token, summed over heads (`icl_demo_side` gives either mode from the pre-softmax scores).
 
     `attn_probs`: shape (n_heads, n_keys) for one layer (or (n_layers, n_heads, n_keys));
     `demo_positions`: indices (or a slice) of the demonstration tokens among the keys.
@@ -153,7 +165,8 @@ def icl_demo_attention(attn_probs: Any, demo_positions: Any) -> np.ndarray:
 
 
 def ft_kv_scores(demo_queries: Any, test_query: Any) -> np.ndarray:
-    """FT side of `kendall`: softmax over demonstration tokens of Σ_heads q_demo_i · q_test.
+    """FT side of `kendall` in mode "probs": softmax over demonstration tokens of Σ_heads q_demo_i · q_test
+    (`ft_demo_side` gives either mode).
 
     `demo_queries`: attention queries of the demonstration tokens seen in the FT-KV pass, shape
     (n_heads, n_demo_tokens, d_head) for one layer (or with a leading n_layers dimension);
@@ -165,6 +178,87 @@ def ft_kv_scores(demo_queries: Any, test_query: Any) -> np.ndarray:
     s = s - s.max(axis=-1, keepdims=True)  # stable softmax
     e = np.exp(s)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+KendallMode = Literal["scores", "probs"]
+KENDALL_MODES: tuple[str, ...] = ("scores", "probs")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in KENDALL_MODES:
+        raise ValueError(f"unknown Kendall mode {mode!r}; expected one of {KENDALL_MODES}")
+
+
+def official_softmax(x: Any, axis: int = -1) -> np.ndarray:
+    """Dai et al.'s `np_softmax` (compute_training_example_attn.py, l. 142-145), in float64 on a copy (theirs
+    subtracts the max from its argument in place): exp(x - max) / Σ exp(x - max)."""
+    x = np.array(to_float64(x), dtype=np.float64, copy=True)
+    x -= np.max(x, axis=axis, keepdims=True)
+    return np.exp(x) / np.sum(np.exp(x), axis=axis, keepdims=True)
+
+
+def icl_demo_side(attn_scores: Any, demo_positions: Any, mode: str = "scores") -> np.ndarray:
+    """ICL side of `kendall` from the last token's pre-softmax scores (site `attn.scores`: q·k·scale as the
+    model softmaxes it, Gemma2 soft-capped) over all of the prompt's keys.
+
+    `attn_scores`: (n_heads, n_keys) for one layer, or (n_layers, n_heads, n_keys); `demo_positions`: indices
+    of the demonstration tokens among the keys, in order.
+    mode "scores" (Dai et al.'s code): Σ_heads of the raw scores at the demonstration tokens, then
+    `official_softmax` over the demonstration tokens. mode "probs": softmax over all keys per head, then
+    `icl_demo_attention` (Σ_heads of the probabilities at the demonstration tokens).
+    Returns (n_demo_tokens,) (or (n_layers, n_demo_tokens)), float64.
+    """
+    _check_mode(mode)
+    s = to_float64(attn_scores)
+    if mode == "probs":
+        return icl_demo_attention(torch.softmax(torch.from_numpy(np.ascontiguousarray(s)), dim=-1).numpy(),
+                                  demo_positions)
+    return official_softmax(s[..., demo_positions].sum(axis=-2))
+
+
+def ft_demo_side(demo_queries: Any, test_query: Any, mode: str = "scores", scaling: Any = 1.0) -> np.ndarray:
+    """FT side of `kendall`: how much the test token's query "attends" to each demonstration token's query.
+
+    `demo_queries`: (n_heads, n_demo_tokens, d_head) for one layer, or (n_layers, n_heads, n_demo_tokens,
+    d_head); `test_query`: (n_heads, d_head) (or (n_layers, n_heads, d_head)); `scaling`: the scale attention
+    multiplies q·k by (a number, or one per layer: (n_layers,)), used by mode "scores" only.
+    mode "scores" (Dai et al.'s code): both queries multiplied by `scaling`, heads concatenated as fairseq
+    stores q ((n_heads·d_head)), the elementwise product summed over those dimensions, then `official_softmax`
+    over the demonstration tokens. mode "probs": `ft_kv_scores` (no scale).
+    Returns (n_demo_tokens,) (or (n_layers, n_demo_tokens)), float64.
+    """
+    _check_mode(mode)
+    if mode == "probs":
+        return ft_kv_scores(demo_queries, test_query)
+    qd, qt = to_float64(demo_queries), to_float64(test_query)
+    if qd.ndim not in (3, 4) or qt.shape != qd.shape[:-2] + qd.shape[-1:]:
+        raise ValueError(f"expected demo queries ([n_layers,] n_heads, n_demo_tokens, d_head) and a test query "
+                         f"([n_layers,] n_heads, d_head), got {qd.shape} and {qt.shape}")
+    scale = np.asarray(to_float64(scaling), dtype=np.float64)
+    if scale.ndim == 1 and qd.ndim == 4 and len(scale) == qd.shape[0]:
+        scale_d, scale_t = scale[:, None, None, None], scale[:, None, None]
+    elif scale.ndim == 0:
+        scale_d = scale_t = scale
+    else:
+        raise ValueError(f"scaling must be a number or one per layer, got shape {scale.shape} for {qd.shape}")
+    qd, qt = qd * scale_d, qt * scale_t  # fairseq's `q *= self.scaling` (multihead_attention.py l. 331)
+    # (..., heads, T, d) -> (..., T, heads·d): fairseq's q is (len, heads·d_head), heads concatenated
+    flat_d = np.moveaxis(qd, -3, -2).reshape(*qd.shape[:-3], qd.shape[-2], -1)
+    flat_t = qt.reshape(*qt.shape[:-2], -1)
+    if flat_d.ndim == 2:
+        s = (flat_d * flat_t[None, :]).sum(axis=-1)
+    else:  # one layer at a time: the (T, heads·d) product of all layers at once would be large
+        s = np.stack([(flat_d[layer] * flat_t[layer][None, :]).sum(axis=-1) for layer in range(flat_d.shape[0])])
+    return official_softmax(s)
+
+
+def kendall_sides(attn_scores: Any, demo_positions: Any, demo_queries: Any, test_query: Any,
+                  mode: str = "scores", scaling: Any = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(ICL side, FT side) of `kendall` for one query: `icl_demo_side(attn_scores, demo_positions, mode)` and
+    `ft_demo_side(demo_queries, test_query, mode, scaling)`, each (n_layers, n_demo_tokens) for inputs with a
+    leading n_layers dimension."""
+    return (icl_demo_side(attn_scores, demo_positions, mode),
+            ft_demo_side(demo_queries, test_query, mode, scaling))
 
 
 def tau_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -189,7 +283,7 @@ def kendall(icl_attn_to_demo: Any, ft_scores: Any) -> np.ndarray:
 
     Inputs over the same demonstration tokens in the same order: shape (n_layers, n_demo_tokens) for
     one query, or (n_queries, n_layers, n_demo_tokens), in which case τ is averaged over queries
-    (NaN-aware). See `icl_demo_attention` and `ft_kv_scores` for how each side is built.
+    (NaN-aware; Dai et al.'s script takes the plain mean). See `kendall_sides` for how each side is built.
     Returns float64 array (n_layers,); a constant vector gives NaN for that layer.
     """
     x, y = to_float64(icl_attn_to_demo), to_float64(ft_scores)

@@ -24,6 +24,15 @@ class Prompt:
         return [i for i, x in enumerate(self.roles) if x == r]
 
 
+def too_many(k: int, most: int, max_len: int, how: str, alone: str) -> str:
+    """The one-line error for k demonstrations that do not fit the context (`most`: the largest k that does, -1
+    when `alone`, the query that must fit, does not fit even without demonstrations)."""
+    if most < 0:
+        return f"no prompt fits the model's context window ({max_len} tokens), {how}: {alone} does not fit"
+    return (f"no prompt with {k} demonstrations fits the model's context window ({max_len} tokens), {how}: at most "
+            f"{most} demonstrations fit")
+
+
 class PromptBuilder:
     """Tokenizes each segment on its own (cached) and concatenates ids.
 
@@ -40,10 +49,18 @@ class PromptBuilder:
         self.prefix = [bos] if bos is not None else []
         self.label_token_ids: list[int] | None = None
         if task.label_words:
-            firsts = [self._enc(task.answer_prefix + w)[:1] for w in task.label_words]
-            if any(not f for f in firsts):
+            if len(set(task.label_words)) < 2:  # accuracy would be 1.0 whatever the model does
+                raise UserError(f"task {task.name!r} has one label only ({task.label_words[0]!r}); a classification "
+                                "task needs at least two")
+            encoded = [self._enc(task.answer_prefix + w) for w in task.label_words]
+            if any(not e for e in encoded):
                 raise UserError(f"task {task.name!r}: a label word tokenizes to nothing")
-            ids = [f[0] for f in firsts]
+            unk = getattr(tokenizer, "unk_token_id", None)
+            unknown = [w for w, e in zip(task.label_words, encoded, strict=True) if unk is not None and unk in e]
+            if unknown:  # every word outside the vocabulary is this one token: the model cannot tell them apart
+                raise UserError(f"task {task.name!r}: label word {unknown[0]!r} is not in the tokenizer's vocabulary "
+                                f"(it tokenizes to {tokenizer.unk_token}); choose label words the model knows")
+            ids = [e[0] for e in encoded]
             if len(set(ids)) != len(ids):
                 clash = [w for w, i in zip(task.label_words, ids, strict=True) if ids.count(i) > 1]
                 raise UserError(
@@ -102,16 +119,41 @@ class PromptBuilder:
             ) -> tuple[int, list[Example], list[list[Example]]]:
         """Skip the fewest, longest examples such that any k demonstrations (from any of `demo_pools`, each
         rendered with its task's template) fit before any query, with the instruction: every prompt a study can
-        draw then fits, whatever the seed. Returns (token cap per example, kept queries, kept pools).
+        draw then fits, whatever the seed. Returns (token cap per example, kept queries, kept pools). When no
+        skipping makes k fit, the error names the largest k that does.
 
         An example's cost is what it adds to a prompt: a query its templated text, a demonstration its text,
         answer prefix, longest label word and separator. Nothing is skipped when the worst case already fits.
         """
         if self.max_len is None:
             return 0, queries, [p for p, _ in demo_pools]
+        q_cost, pools = self._costs(queries, demo_pools)
+        caps = sorted(set(q_cost).union(*pools), reverse=True)
+        cap = next((c for c in caps if self._most_demos(q_cost, pools, c) >= k), None)
+        if cap is None:
+            most = max(self._most_demos(q_cost, pools, c) for c in caps)
+            raise UserError(too_many(k, most, self.max_len, "even skipping the longest examples",
+                                     f"the shortest query alone ({min(q_cost)} tokens)"))
+        kept_q = [q for q, c in zip(queries, q_cost, strict=True) if c <= cap]
+        kept = [[e for e, c in zip(pool, cs, strict=True) if c <= cap] for (pool, _), cs in zip(demo_pools, pools,
+                                                                                                 strict=True)]
+        return cap, kept_q, kept
+
+    def most_demos(self, queries: list[Example], demo_pools: list[tuple[list[Example], Task]]) -> int:
+        """The largest k such that any k demonstrations (from any of `demo_pools`) fit before any query, with the
+        instruction, skipping nothing; -1 when some query does not fit even alone."""
+        if self.max_len is None:
+            return max(len(p) for p, _ in demo_pools)
+        q_cost, pools = self._costs(queries, demo_pools)
+        return self._most_demos(q_cost, pools, max(q_cost + [c for cs in pools for c in cs]))
+
+    def _overhead(self) -> int:
         t = self.task
-        overhead = len(self.prefix) + (len(self._enc(t.instruction)) + len(self._enc(t.separator))
-                                       if t.instruction else 0)
+        return len(self.prefix) + (len(self._enc(t.instruction)) + len(self._enc(t.separator)) if t.instruction else 0)
+
+    def _costs(self, queries, demo_pools) -> tuple[list[int], list[list[int]]]:
+        """Tokens each query adds to a prompt, and each demonstration of each pool."""
+        t = self.task
 
         def costs(texts: list[str]) -> list[int]:
             new = [x for x in dict.fromkeys(texts) if x not in self._lengths]
@@ -120,40 +162,31 @@ class PromptBuilder:
                 self._lengths.update((x, len(i)) for x, i in zip(new, ids, strict=True))
             return [self._lengths[x] for x in texts]
 
-        q_cost = costs([t.query_text(q) for q in queries])
         pools = []
         for pool, task in demo_pools:
             labels = task.label_words or sorted({e.label for e in pool})
             tail = max((len(self._enc(task.answer_prefix + w)) for w in labels), default=0)
             tail += len(self._enc(t.separator))
             pools.append([c + tail for c in costs([task.query_text(e) for e in pool])])
+        return costs([t.query_text(q) for q in queries]), pools
 
-        def fits(cap: int) -> bool:
-            qs = [c for c in q_cost if c <= cap]
-            if not qs:
-                return False
-            worst = 0
-            for cs in pools:
-                kept = sorted(c for c in cs if c <= cap)
-                if len(kept) < k:
-                    return False
-                worst = max(worst, sum(kept[len(kept) - k:]))
-            return overhead + max(qs) + worst <= self.max_len
-
-        caps = sorted(set(q_cost).union(*pools), reverse=True)
-        cap = next((c for c in caps if fits(c)), None)
-        if cap is None:
-            shortest_q = min(q_cost)
-            shortest_d = max(sum(sorted(cs)[:k]) for cs in pools) if pools else 0
-            cause = (f"the shortest query alone ({shortest_q} tokens) does not fit" if overhead + shortest_q
-                     > self.max_len else f"even the {k} shortest demonstrations take {shortest_d} tokens and the "
-                     f"shortest query {shortest_q}")
-            raise UserError(f"no prompt with {k} demonstrations fits the model's context window ({self.max_len} "
-                            f"tokens): {cause}; use fewer demonstrations")
-        kept_q = [q for q, c in zip(queries, q_cost, strict=True) if c <= cap]
-        kept = [[e for e, c in zip(pool, cs, strict=True) if c <= cap] for (pool, _), cs in zip(demo_pools, pools,
-                                                                                                 strict=True)]
-        return cap, kept_q, kept
+    def _most_demos(self, q_cost: list[int], pools: list[list[int]], cap: int) -> int:
+        """The largest k such that the k costliest demonstrations of every pool fit before the costliest query,
+        counting only examples that cost at most `cap`; -1 when no query is left or the longest left does not
+        fit alone."""
+        qs = [c for c in q_cost if c <= cap]
+        room = self.max_len - self._overhead() - max(qs) if qs else -1
+        if room < 0:
+            return -1
+        most = []
+        for cs in pools:
+            kept = sorted((c for c in cs if c <= cap), reverse=True)
+            n, total = 0, 0
+            while n < len(kept) and total + kept[n] <= room:
+                total += kept[n]
+                n += 1
+            most.append(n)
+        return min(most, default=0)
 
     def training_ids(self, ex: Example, label: str | None = None, instruction: bool = True, demo_task=None):
         """(ids, answer_mask) of one templated demonstration for tuning: [instruction] + input + answer."""

@@ -1,8 +1,8 @@
 """Dual-view study (Dai et al. 2023): does in-context learning act like a gradient step on K and V?
 
 Pipeline, per unit of work (one seed):
-  draw demonstrations (k, seeded order, balanced over labels by default; fewer only if the context
-  cannot hold k) -> draw a validation split from TRAIN, disjoint from the demonstrations and the queries
+  draw demonstrations (k, seeded order, balanced over labels by default) -> draw a validation split from
+  TRAIN, disjoint from the demonstrations and the queries
   -> capture ZSL and ICL last-token states of every query (the shared prefix runs once, its KV cache is
   reused) -> choose the FT-KV learning rate on the validation split (grid) -> FT-KV with it, recording
   the demonstration tokens' attention queries -> capture the FT-KV model on the ZSL prompts
@@ -82,7 +82,7 @@ class DualSpec(RunSpec):
     seeds: int = Field(5, ge=1, description="number of demonstration sets (one FT-KV model each)")
     batch_size: int = Field(32, ge=1, description="queries per forward pass (on top of the cached prefix)")
     task: str = Field("sentiment", description="classification task (or dai/<sst2|sst5|mr|subj|agnews|cb>, online)")
-    k: int = Field(16, ge=1, description="demonstrations per seed (paper: 32; fewer only if they do not fit)")
+    k: int = Field(16, ge=1, description="demonstrations per seed (paper: 32)")
     queries: int | None = Field(150, ge=1, description="first N queries of the test split (None: all)")
     demo_sampling: Literal["balanced", "random"] = Field(
         "balanced", description="balanced: k/n_labels per label (remainder random), seeded order; random: any")
@@ -122,15 +122,15 @@ def setup(spec: DualSpec) -> Context:
                   attn_implementation=spec.attn_implementation, pad_token=spec.pad_token)
     task = get_task(spec.task)
     builder = PromptBuilder(loaded.tokenizer, task, max_len=loaded.max_len)
-    # An example that fits in no prompt even with one demonstration is skipped (and counted); each seed then
-    # keeps as many of its k demonstrations as its longest prompt allows (fit_demos).
-    if task.label_words and task.train and task.test:
-        cap, test, (train,) = builder.fit(task.test, [(task.train, task)], 1)
+    # The fewest, longest examples are skipped (and counted) such that any k demonstrations fit before any query;
+    # a k that fits in no way is an input error naming the largest k that does.
+    if task.label_words:
+        cap, test, (train,) = builder.fit(task.test, [(task.train, task)], spec.k)
         skipped = {"token_cap": cap, "test": len(task.test) - len(test), "train": len(task.train) - len(train)}
         task = dataclasses.replace(task, train=train, test=test)
     else:
         skipped = {}
-    return Context(loaded, task, builder, validate(spec, task, builder, loaded.max_len), skipped)
+    return Context(loaded, task, builder, validate(spec, task, builder), skipped)
 
 
 def units(spec: DualSpec, ctx: Context) -> list[Unit]:
@@ -150,11 +150,9 @@ def manifest(spec: DualSpec, summary: dict) -> dict:
 
 def examples(spec: DualSpec, ctx: Context) -> dict:
     """The first seed's prompts for the first two queries, and its first two FT-KV training sequences."""
-    loaded, task, builder, queries = ctx.loaded, ctx.task, ctx.builder, ctx.queries
+    task, builder, queries = ctx.task, ctx.builder, ctx.queries
     rng = random.Random(f"dual/{spec.seed_offset}")
     demos = draw_demos(demo_pool(task, queries), spec.k, task.label_words, spec.demo_sampling, rng)
-    longest = max(queries, key=lambda q: len(builder.build(q, [], instruction=spec.instruction)))
-    demos = fit_demos(builder, demos, longest, loaded.max_len, spec.instruction)
     return {
         "ZSL (also what the FT-KV model sees)": [builder.build(q, [], instruction=spec.instruction).ids
                                                  for q in queries[:2]],
@@ -165,7 +163,7 @@ def examples(spec: DualSpec, ctx: Context) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def validate(spec: DualSpec, task: Task, builder: PromptBuilder, max_len: int) -> list[Example]:
+def validate(spec: DualSpec, task: Task, builder: PromptBuilder) -> list[Example]:
     """The measured queries; raises UserError on any input the run could not honour."""
     if not task.label_words:
         raise UserError(f"the dual-view study needs a classification task; {spec.task!r} has no label words")
@@ -213,22 +211,6 @@ def draw_demos(pool: list[Example], k: int, labels: list[str], mode: str, rng: r
         chosen += rng.sample([e for e in pool if e.label == w], per[w])
     rng.shuffle(chosen)
     return chosen
-
-
-def fit_demos(builder: PromptBuilder, demos: list[Example], longest: Example, max_len: int,
-              instruction: bool) -> list[Example]:
-    """The first k' ≤ k demonstrations such that the longest query's ICL prompt fits the context."""
-    k = len(demos)
-    while k > 0:
-        try:
-            if len(builder.build(longest, demos[:k], instruction=instruction)) <= max_len:
-                break
-        except UserError:  # longer than the builder's own limit
-            pass
-        k -= 1
-    if k == 0:
-        raise UserError("no demonstration fits the model's context with the longest query")
-    return demos[:k]
 
 
 def draw_validation(pool: list[Example], demos: list[Example], n: int, labels: list[str], mode: str,
@@ -302,8 +284,6 @@ def run_seed(spec: DualSpec, seed: int, loaded, task: Task, builder: PromptBuild
     rng = random.Random(f"dual/{seed}")
     pool = demo_pool(task, queries)
     demos = draw_demos(pool, spec.k, words, spec.demo_sampling, rng)
-    longest = max(queries, key=lambda q: len(builder.build(q, [], instruction=spec.instruction)))
-    demos = fit_demos(builder, demos, longest, loaded.max_len, spec.instruction)
     val = draw_validation(pool, demos, spec.val_size, words, spec.demo_sampling, rng)
 
     zsl = [builder.build(q, [], instruction=spec.instruction) for q in queries]

