@@ -38,6 +38,10 @@ def test_run_directory_contract(quick_run):
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "Findings" in html
     assert 'src="figures' not in html  # self-contained
+    # one statistic per factor claim, its scales labelled: r (tanh of the mean z), the effect on z, the SESOI on z
+    assert "tanh of the seeds' mean Fisher z" in html and "effect (Fisher z)" in html
+    assert "smallest effect of interest r = 0.1 is atanh(0.1) = 0.1003 on z" in html
+    assert "Spearman ρ = " not in html.split("<h2>Findings</h2>")[1].split("<h2>")[0]
     man = json.loads((out / "manifest.json").read_text())
     for key in ("seeds", "versions", "batch_size", "device", "dtype", "wall_time_s"):
         assert key in man

@@ -89,6 +89,9 @@ def test_quick_run_files_and_summary(quick_run):
     assert s["accuracy"]["all"]["zsl"] == s["accuracy"]["all"]["icl_k0"]
     html = (out / "report.html").read_text()
     assert "beats FT" in html and "Headline findings" in html and "data:image/png;base64" in html
+    assert "smallest effect of interest 0.02" in html and "<b>Floor and ceiling.</b>" in html
+    assert all(h["sesoi"] == 0.02 for h in s["headlines"])
+    assert s["floor"]["reason"] is None  # 2 seeds: floor and ceiling are not called
     rec = pd.read_parquet(out / "records.parquet")
     assert set(rec["kind"]) == {"acc", "curve", "effect"}
     steps = rec[rec["kind"] == "curve"]["step"].unique().tolist()

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from iclft.metrics.stats import MULTIPLICITY
+from iclft.metrics.stats import MULTIPLICITY, TINY_CHANGED, TINY_UPDATE
 from iclft.report import html as H
 from iclft.report.figures import COLORS, band, clamp_ylim, errbar, plt, save
 from iclft.rundir import atomic_write_text
@@ -132,6 +132,28 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
     return figs
 
 
+TUNING_RULE = (f"iclft puts a caveat on the verdicts that rest on a tuning when one of these is small (its update "
+               f"under {TINY_UPDATE:g}× ICL's, or under {100 * TINY_CHANGED:g}% of the predictions changed) and "
+               "calls them not testable when both are")
+
+
+def _tuning_effect(t: dict) -> str:
+    if t.get("barely_moved"):
+        return "not testable (both measures small)"
+    return "caveat (one measure small)" if t.get("weak") else "tested as they are"
+
+
+def factor_scales(headlines: list[dict]) -> str:
+    """How the factor headlines' numbers relate: the value, the effect and the SESOI, each on its scale."""
+    z = next((h.get("sesoi") for h in headlines if (h.get("test") or {}).get("scale") == "fisher_z"), None)
+    if z is None:
+        return ""
+    return (". The factor claims are per-seed Pearson correlations tested on the Fisher-z scale: the value shown "
+            "('this run') is tanh of the seeds' mean z = atanh(r), the effect is that mean z itself (its interval "
+            f"is the value's, before tanh), and the smallest effect of interest r = {np.tanh(z):.2g} is "
+            f"atanh({np.tanh(z):.2g}) = {z:.4g} on z")
+
+
 def findings(summary: dict) -> list[str]:
     """Descriptive lines that sit beside the headline table (the verdicts live there)."""
     s_icl_it, s_anchor = summary["s_icl_it"]["last_layer"], summary["s_anchor_icl"]["last_layer"]
@@ -140,11 +162,14 @@ def findings(summary: dict) -> list[str]:
            f"{H.fmt_ci(s_icl_it)}, cos(ZSL, ICL) = {H.fmt_ci(s_anchor)}.",
            f"Accuracy in the base condition (label scoring): ZSL {H.fmt_ci(base['acc_zsl'], 2)}, ICL "
            f"{H.fmt_ci(base['acc_icl'], 2)}, IT {H.fmt_ci(base['acc_it'], 2)}, SL {H.fmt_ci(base['acc_sl'], 2)}."]
+    # One statistic per factor claim, the headline's: the per-seed Pearson r (tanh of the seeds' mean Fisher z)
+    # and, labelled, its Fisher-z effect; the pooled and rank correlations stay in the correlations table.
     for c in summary["correlations"]:
-        if c["metric"] == "d_icl_it":
-            out.append(f"{H.esc(c['factor'])}: per-seed Spearman ρ = {H.fmt_ci(c['per_seed_spearman'])}; pooled over "
-                       f"all {c['n']} trials r = {c['pearson_r']:.3f} (p = {H.fmt_p(c['pearson_p'])}, treating "
-                       "trials as independent, for reference only).")
+        if c["metric"] == "d_icl_it" and c.get("per_seed_test"):
+            t = c["per_seed_test"]["diff"]
+            out.append(f"{H.esc(c['factor'])} and d_icl_it (the headline's statistic): per-seed Pearson r = "
+                       f"{H.fmt_ci(c['per_seed_pearson'])} (tanh of the seeds' mean Fisher z; the test's effect is "
+                       f"that mean z = {H.fmt_ci(t)} over {t['n']} seeds).")
     return out
 
 
@@ -157,17 +182,20 @@ def write_report(out: Path, records: pd.DataFrame, summary: dict, spec, model_in
     parts.append(H.warnings_section([t["warning"] for t in summary.get("tuning", []) if t["warning"]]))
     parts.append(f"<p>Task <code>{H.esc(spec.task)}</code>; {summary['n_seeds']} seeds × {spec.queries_per_seed} "
                  f"queries; base condition {H.esc(summary['base_condition'])}.</p>")
-    parts.append(H.headlines_section(summary.get("headlines", []), MULTIPLICITY))
+    parts.append(H.headlines_section(summary.get("headlines", []), MULTIPLICITY
+                                     + factor_scales(summary.get("headlines", []))))
     parts.append("<h2>Findings</h2>" + "".join(f'<div class="finding">{f}</div>' for f in findings(summary)))
     if summary.get("tuning"):
         parts.append("<h2>Did the tuning change the model?</h2><p>Update size ‖h − h_ZSL‖ / ‖h_ZSL‖ of the last "
                      "token's last-layer state, and the share of queries whose predicted label differs from "
-                     "zero-shot's (base condition; per layer in the first figure).</p>" + H.csv_table(
+                     "zero-shot's (base condition; per layer in the first figure). " + H.esc(TUNING_RULE)
+                     + ".</p>" + H.csv_table(
                          out, "tuning", ["setting", "update size", "ICL's update size", "vs ICL",
-                                         "predictions changed", "barely changed the model?"],
+                                         "predictions changed", "small measures", "verdicts resting on it"],
                          [[t["setting"], H.fmt_ci(t["update"]), H.fmt_ci(t["update_icl"]),
                            f"{t['update_vs_icl']:.2f}×", H.fmt_ci(t["changed"], 2),
-                           "yes" if t["barely_moved"] else "no"] for t in summary["tuning"]]))
+                           "; ".join(t.get("small") or []) or "none", _tuning_effect(t)]
+                          for t in summary["tuning"]]))
     rows = []
     for name, c in summary["by_condition"].items():
         rows.append([name, c["k"], c["selection"], c["labels"], H.fmt_ci(c["s_icl_it"]["last_layer"]),
@@ -178,10 +206,13 @@ def write_report(out: Path, records: pd.DataFrame, summary: dict, spec, model_in
     parts.append("<h2>Conditions (last layer)</h2>" + H.csv_table(
         out, "conditions", ["condition", "k", "selection", "labels", "cos(ICL,IT)", "d_icl_it", "d_icl_sl",
                             "update ICL", "update IT", "update SL", "acc ZSL", "acc ICL", "acc IT", "acc SL"], rows))
-    parts.append("<h2>Correlations (last layer)</h2><p>Per seed, then a Fisher-z interval across seeds; pooled over "
-                 "all trials for reference (its p-values treat trials as independent).</p>" + H.csv_table(
+    parts.append("<h2>Correlations (last layer)</h2><p>Per seed, then a Fisher-z interval across seeds (the value "
+                 "is tanh of the seeds' mean z): the per-seed Pearson r of d_icl_it is the headline's statistic. "
+                 "Pooled over all trials for reference only (its p-values treat trials as independent).</p>"
+                 + H.csv_table(
         out, "correlations",
-        ["factor", "metric", "per-seed Pearson r", "per-seed Spearman ρ", "pooled r", "p", "pooled ρ", "p", "n"],
+        ["factor", "metric", "per-seed Pearson r (headline)", "per-seed Spearman ρ", "pooled Pearson r (all trials)",
+         "p", "pooled Spearman ρ (all trials)", "p", "n trials"],
         [[c["factor"], c["metric"], H.fmt_ci(c["per_seed_pearson"]), H.fmt_ci(c["per_seed_spearman"]),
           f"{c['pearson_r']:.3f}", f"{c['pearson_p']:.3g}", f"{c['spearman_rho']:.3f}", f"{c['spearman_p']:.3g}",
           c["n"]] for c in summary["correlations"]]))

@@ -10,7 +10,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from iclft.metrics.stats import MULTIPLICITY, TINY_CHANGED
+from iclft.metrics.stats import MIN_SEEDS, MULTIPLICITY, TINY_CHANGED
 from iclft.report import html as H
 from iclft.report.figures import COLORS, band, errbar, plt, save
 from iclft.rundir import atomic_write_text
@@ -214,7 +214,7 @@ def _changed_bars(out: Path, summary: dict) -> Path | None:
         err = np.nan_to_num([[max(d["mean"] - d["ci_low"], 0)], [max(d["ci_high"] - d["mean"], 0)]])
         ax.bar([i], [d["mean"]], yerr=err, capsize=4, color=COLORS[_kind(s)], width=0.6)
     ax.axhline(TINY_CHANGED, color=COLORS["chance"], ls=":", lw=1.5,
-               label=f"{100 * TINY_CHANGED:g}%: below it (and accuracy as ZSL) a tuning is flagged")
+               label=f"{100 * TINY_CHANGED:g}%: below it a caveat, not testable with accuracy as ZSL's")
     ax.set_xticks(range(len(names)), names)
     ax.set_ylim(0, 1.0)
     ax.set_xlabel("setting (ICL: largest k; FT: largest N)")
@@ -347,6 +347,13 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
     return figs
 
 
+def _check_effect(t: dict) -> str:
+    """What a setting's moved check does to the claims resting on it (older runs: `barely_changed` only)."""
+    if t.get("barely_moved", t.get("barely_changed")):
+        return "not testable (barely changed the model's answers)"
+    return "caveat (changed few answers)" if t.get("weak") else "tested as they are"
+
+
 def _p(p) -> str:
     return "n/a" if p is None or p != p else f"p = {p:.3g}"
 
@@ -369,7 +376,18 @@ def findings(summary: dict) -> list[str]:
     if ch:
         txt = ", ".join(f"{H.esc(s)} {100 * d['mean']:.1f}%" for s, d in ch.items() if d["mean"] == d["mean"])
         out.append(f"<b>Did it change anything?</b> Share of eval items whose correctness differs from zero-shot's: "
-                   f"{txt}. A fine-tuning that changes almost nothing cannot be compared with ICL.")
+                   f"{txt}. A setting (ICL or fine-tuning) that changes almost nothing cannot be compared with the "
+                   "other.")
+    floor = summary.get("floor")
+    if floor:
+        state = ("at floor: every claim is not testable" if floor["at_floor"] else
+                 "at ceiling: every claim is not testable" if floor["at_ceiling"] else
+                 "neither at floor nor at ceiling" if summary["n_seeds"] >= MIN_SEEDS else
+                 f"not checked (fewer than {MIN_SEEDS} seeds)")
+        out.append(f"<b>Floor and ceiling.</b> Chance level of the mean over families: {floor['chance']:.2f} (the "
+                   "mean of the families' chance levels; an open-ended number answer counts 0). The model is "
+                   f"{state} (zero-shot, ICL at the largest k and FT at the largest N, clean and misleading items: "
+                   "all of their accuracy intervals contain chance, or all reach 1).")
     sh = summary["circuit_shift"].get("all", {})
     if sh and sh.get("icl"):
         out.append(
@@ -403,20 +421,20 @@ def write_report(out: Path, records: pd.DataFrame, summary: dict, spec, model_in
         "exact match of the normalised answer (label scoring for closed answer sets, greedy decoding otherwise).</p>")
     parts.append(H.headlines_section(summary.get("headlines", []), MULTIPLICITY))
     parts.append("<h2>Findings</h2>" + "".join(f'<div class="finding">{f}</div>' for f in findings(summary)))
-    tuning = summary.get("tuning", {})
+    checks = [*summary.get("tuning", {}).values(), *([summary["icl_check"]] if summary.get("icl_check") else [])]
     if summary.get("changed_vs_zsl"):
         acc_all = summary["accuracy"]["all"]
         parts.append(
             "<h2>Did fine-tuning (and ICL) change anything?</h2><p>The records keep each item's correctness, so "
             "the measure is the share of eval items (every family, both variants) whose correctness differs from "
-            f"zero-shot's (95% Wilson interval across seeds). iclft flags an FT setting that changes under "
-            f"{100 * TINY_CHANGED:g}% of the items while its accuracy equals zero-shot's within its interval.</p>"
+            f"zero-shot's (95% Wilson interval across seeds). iclft puts a caveat on the claims resting on a "
+            f"setting (ICL at the largest k, FT at the largest N) that changes under {100 * TINY_CHANGED:g}% of the "
+            "items, and calls them not testable when its accuracy also equals zero-shot's within its interval.</p>"
             + H.csv_table(out, "changed_vs_zsl", ["setting", "items changed vs ZSL", "accuracy clean",
-                                                  "accuracy misleading", "barely changed the model?"],
+                                                  "accuracy misleading", "claims resting on it"],
                           [[s, H.fmt_ci(d, 3), H.fmt_ci(acc_all.get(s, {}).get("clean"), 2),
                             H.fmt_ci(acc_all.get(s, {}).get("misleading"), 2),
-                            next(("yes" if t["barely_changed"] else "no" for t in tuning.values()
-                                  if t["setting"] == s), "—")]
+                            next((_check_effect(t) for t in checks if t["setting"] == s), "—")]
                            for s, d in summary["changed_vs_zsl"].items()]))
     rows = []
     for s, cell in summary["accuracy"]["all"].items():

@@ -270,6 +270,7 @@ def summarise(records: pd.DataFrame, spec: ConvergenceSpec, model_info: dict) ->
     summary["tuning"] = [tuning_check(name, summary[f"u_{s}"]["last_layer"], summary["u_icl"]["last_layer"],
                                       base_entry[f"changed_{s}"], "last-layer state")
                          for name, s in (("IT", "it"), ("SL", "sl")) if f"changed_{s}" in base_entry]
+    summary["sesoi"] = {"difference": spec.sesoi_difference, "correlation": spec.sesoi_correlation}
     summary["headlines"] = headlines(summary, per_seed_last(b, "d_icl_it").to_numpy(float))
     return summary
 
@@ -294,33 +295,61 @@ FACTOR_CLAIMS = {
 }
 
 
+def _sesoi(summary: dict, metric: str) -> float:
+    """The run's smallest effect of interest of a test on `metric` (RunSpec.sesoi; the spec's values are kept in
+    the summary, so headlines can be judged again from it)."""
+    s = summary.get("sesoi") or {}
+    return RunSpec(**{f"sesoi_{k}": v for k, v in s.items() if k in ("difference", "correlation")}).sesoi(metric)
+
+
+def factor_sesoi(summary: dict) -> float:
+    """The factor claims' SESOI on the scale of their test (mean Fisher z): atanh of the correlation SESOI."""
+    return float(np.arctanh(_sesoi(summary, "pearson_r")))
+
+
+def _tuning_preconditions(summary: dict, settings: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """(untestable reason, caveat) of a claim that rests on the tunings `settings` (IT, SL): a tuning that barely
+    moved the model by both of tuning_check's measures makes it not testable; by one of them, a caveat naming it."""
+    involved = [t for t in summary.get("tuning", []) if t["setting"] in settings]
+    barely = [t["reason"] for t in involved if t.get("barely_moved")]
+    weak = [t["reason"] for t in involved if t.get("weak") and not t.get("barely_moved")]
+    if barely:
+        return "; ".join(barely), None
+    return None, ("; ".join(weak) + ", so this comparison says little") if weak else None
+
+
 def headlines(summary: dict, d_icl_it_per_seed: np.ndarray) -> list[dict]:
-    """Duan et al.'s claims, each with this run's value and a verdict (Holm over the study's tests)."""
+    """Duan et al.'s claims, each with this run's value and a verdict (Holm over the study's testable tests).
+
+    SESOI: the run's difference SESOI for the cosine claims; for the factor claims (per-seed r, tested on the
+    Fisher-z scale) the correlation SESOI converted to z (atanh). Preconditions: every claim compares ICL with IT
+    (the IT − SL one with SL too); a tuning that barely moved the model (tuning_check: both measures small) makes
+    the claims resting on it "not testable: <reason>", one small measure puts a caveat on them."""
     p = summary["paired"]
-    out = [headline("ICL and IT move the query's last-layer state in the same direction (d_icl_it > 0)",
-                    "d_icl_it, last layer", summary["d_icl_it"]["last_layer"],
-                    "ICL behaves like IT on its demonstrations (LLaMA-2 7B/13B)",
-                    compare(d_icl_it_per_seed, 0.0, "d_icl_it")),
-           headline("instruction tuning aligns with ICL more than supervised tuning (d_icl_it > d_icl_sl)",
-                    "d_icl_it − d_icl_sl", p["d_icl_it_vs_d_icl_sl"]["diff"], "IT closer to ICL than SL",
-                    p["d_icl_it_vs_d_icl_sl"])]
+    diff = _sesoi(summary, "d_icl_it")
+    it = _tuning_preconditions(summary, ("IT",))
+    it_sl = _tuning_preconditions(summary, ("IT", "SL"))
+    specs = [(headline("ICL and IT move the query's last-layer state in the same direction (d_icl_it > 0)",
+                       "d_icl_it, last layer", summary["d_icl_it"]["last_layer"],
+                       "ICL behaves like IT on its demonstrations (LLaMA-2 7B/13B)",
+                       compare(d_icl_it_per_seed, 0.0, "d_icl_it"), sesoi=diff, untestable=it[0]), it[1]),
+             (headline("instruction tuning aligns with ICL more than supervised tuning (d_icl_it > d_icl_sl)",
+                       "d_icl_it − d_icl_sl", p["d_icl_it_vs_d_icl_sl"]["diff"], "IT closer to ICL than SL",
+                       p["d_icl_it_vs_d_icl_sl"], sesoi=diff, untestable=it_sl[0]), it_sl[1])]
     if "d_icl_it_task_vs_control" in p:
-        out.append(headline("the convergence is task-specific (d_icl_it above an unrelated-task control)",
-                            "d_icl_it task − control", p["d_icl_it_task_vs_control"]["diff"],
-                            "— (control added by iclft)", p["d_icl_it_task_vs_control"]))
+        specs.append((headline("the convergence is task-specific (d_icl_it above an unrelated-task control)",
+                               "d_icl_it task − control", p["d_icl_it_task_vs_control"]["diff"],
+                               "— (control added by iclft)", p["d_icl_it_task_vs_control"], sesoi=diff,
+                               untestable=it[0]), it[1]))
     for c in summary["correlations"]:
         if c["metric"] == "d_icl_it":
-            out.append(headline(FACTOR_CLAIMS[c["factor"]], f"per-seed Pearson r (d_icl_it, {c['factor']})",
-                                c["per_seed_pearson"], "positive", c["per_seed_test"]))
-    out = judge(out)
-    # Every claim compares ICL with IT (the IT − SL one with SL too): a tuning that barely moved the model
-    # qualifies them all, whatever their statistics say.
-    barely = [t for t in summary.get("tuning", []) if t["barely_moved"]]
-    for h in out:
-        involved = [t["setting"] for t in barely if t["setting"] == "IT" or "d_icl_sl" in h["metric"]]
-        if involved:
-            h["caveat"] = (f"{' and '.join(involved)} barely changed the model (update size and prediction changes "
-                           "below), so this comparison says little")
+            specs.append((headline(FACTOR_CLAIMS[c["factor"]],
+                                   f"per-seed Pearson r (d_icl_it, {c['factor']}), tanh of the mean Fisher z",
+                                   c["per_seed_pearson"], "positive", c["per_seed_test"],
+                                   sesoi=factor_sesoi(summary), untestable=it[0]), it[1]))
+    out = judge([h for h, _ in specs])
+    for h, (_, caveat) in zip(out, specs, strict=True):
+        h["caveat"] = caveat
     return out
 
 

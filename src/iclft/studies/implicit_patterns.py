@@ -13,9 +13,11 @@ rule (`DEFAULT_RULE`), so zero-shot is a real baseline.
 
 Summary, beyond accuracies and circuits (all from the records above, which it never adds to): `robustness`, per FT
 method, the accuracy drop clean − misleading of FT (largest N) minus ICL's (largest k), paired by seed on the mean over
-families; `changed_vs_zsl`, the share of eval items whose correctness differs from zero-shot's; `tuning` and
-`warnings`, an FT setting that changed under 2% of the items and kept zero-shot's accuracy (its headlines get a
-caveat); `chance`, the uniform-guess accuracy per family.
+families; `changed_vs_zsl`, the share of eval items whose correctness differs from zero-shot's; `tuning` (per FT
+method) and `icl_check`, whether the setting changed under 2% of the items (a caveat on the claims resting on it)
+and also kept zero-shot's accuracy (those claims are not testable); `floor`, whether the model is at floor or
+ceiling on the task (every claim not testable); `warnings`, each of these that fired; `chance`, the uniform-guess
+accuracy per family; `sesoi`, the spec's smallest effects of interest.
 
 Cost choices. The default preset (laptop-sized; the class defaults): 8 test items per variant, k in {0, 2, 8},
 N in {16, 64}; fine-tuning on minibatches of 8 for 2 epochs over the N samples, at least 12 steps (N = 16: 12
@@ -42,7 +44,17 @@ from iclft import UserError
 from iclft.capture.decode import Scorer
 from iclft.circuits.pairs import build_pairs, pair_ids
 from iclft.circuits.patching import activation_patching, attribution_patching, circuit_shift, make_pairs, top_k
-from iclft.metrics.stats import REPRODUCED, TINY_CHANGED, compare, correlation, headline, interval, judge, verdict
+from iclft.metrics.stats import (
+    MIN_SEEDS,
+    REPRODUCED,
+    TINY_CHANGED,
+    compare,
+    correlation,
+    headline,
+    interval,
+    judge,
+    verdict,
+)
 from iclft.models.load import Loaded, load
 from iclft.prompts import PromptBuilder
 from iclft.prompts.build import too_many
@@ -436,12 +448,16 @@ def summarise(records: pd.DataFrame, spec: ImplicitSpec, model_info: dict) -> di
                                    **{v: [cell(f, f"ft_{m}_N{n}", v) for n in spec.ft_sizes] for v in VARIANTS}}
                                for m in spec.ft_methods} for f in fams}
     summary["chance"] = _chance(spec)
+    summary["sesoi"] = {"difference": spec.sesoi_difference, "correlation": spec.sesoi_correlation}
     summary["ft_steps"] = _ft_steps(records[records["kind"] == "curve"], spec)
     summary["icl_vs_ft"] = _icl_vs_ft(acc, spec)
     summary["robustness"] = _robustness(acc, spec)
     summary["changed_vs_zsl"] = _changed_vs_zsl(records[records["kind"] == "acc"], spec)
     summary["tuning"] = _tuning(summary, spec)
-    summary["warnings"] = [t["warning"] for t in summary["tuning"].values() if t["warning"]]
+    summary["icl_check"] = _icl_check(summary, spec)
+    summary["floor"] = _floor(summary, spec)
+    summary["warnings"] = [w for w in [summary["floor"]["warning"], (summary["icl_check"] or {}).get("warning"),
+                                       *(t["warning"] for t in summary["tuning"].values())] if w]
     effects = records[(records["kind"] == "effect") & records["setting"].isin(CIRCUIT_SETTINGS)] \
         if "setting" in records else records.iloc[:0]
     summary["circuit_shift"], summary["patching_agreement"], summary["circuits"] = _circuits(effects, spec)
@@ -459,6 +475,13 @@ def _chance(spec: ImplicitSpec) -> dict:
     levels = [out[f] for f in spec.families]
     out["all"] = float(np.mean(levels)) if all(c is not None for c in levels) else None
     return out
+
+
+def pooled_chance(chance: dict, families: list[str]) -> float:
+    """The chance level of the mean over families (family "all": per seed, the unweighted mean of the families'
+    accuracies): the mean of the families' chance levels, an open-ended number answer counting 0 (a guess almost
+    never hits it). Equal to chance["all"] when every family has a closed answer set."""
+    return float(np.mean([chance.get(f) or 0.0 for f in families]))
 
 
 def _per_seed(allf: pd.DataFrame, setting: str, variant: str) -> pd.Series:
@@ -481,7 +504,8 @@ def _robustness(acc: pd.DataFrame, spec: ImplicitSpec) -> dict:
         out[m] = {"icl": icl, "ft": ft, "seeds": [int(s) for s in seeds],
                   "drop_icl": interval(d_icl, "acc_diff"), "drop_ft": interval(d_ft, "acc_diff"),
                   "effect": test["diff"], "paired": test,
-                  "icl_more_robust": verdict(test, None, +1) == REPRODUCED}
+                  # unadjusted, as a single comparison; the headline's verdict is Holm-adjusted with the others
+                  "icl_more_robust": verdict(test, None, +1, spec.sesoi("acc_diff")) == REPRODUCED}
     return out
 
 
@@ -505,32 +529,92 @@ def _changed_vs_zsl(acc_rows: pd.DataFrame, spec: ImplicitSpec) -> dict:
     return out
 
 
-def _tuning(summary: dict, spec: ImplicitSpec) -> dict:
-    """Did each FT method (largest N) change anything? Flagged when it changed the correctness of under
-    TINY_CHANGED of the items and its accuracy equals zero-shot's within its interval on both variants."""
-    out: dict = {}
+def _moved_check(summary: dict, setting: str, name: str) -> dict | None:
+    """Did `setting` (ICL at the largest k, an FT method at the largest N) change the model's answers enough for
+    a comparison with it to mean something? Two measures, as tuning_check's: the share of eval items whose
+    correctness differs from zero-shot's is under TINY_CHANGED, and its accuracy equals zero-shot's within its
+    interval on both variants (mean over families). The first small puts a caveat on the claims resting on the
+    setting (`weak`); both make them not testable (`barely_moved`). Accuracy equal to zero-shot's alone is no
+    sign of a setting that did nothing (it may change answers without learning the rule), so alone it counts for
+    nothing. None when the records cannot tell (no zero-shot or no such setting)."""
     acc = summary["accuracy"]["all"]
-    for m in spec.ft_methods:
-        ft = f"ft_{m}_N{max(spec.ft_sizes)}"
-        changed = summary["changed_vs_zsl"].get(ft)
-        if changed is None or ft not in acc or "zsl" not in acc:
-            continue
-        c = changed["mean"]
-        same = all(_within(acc["zsl"][v]["mean"], acc[ft][v]) for v in VARIANTS)
-        barely = bool(c == c and c < TINY_CHANGED and same)
-        warning = None
-        if barely:
-            accs = "; ".join(f"{v}: {acc[ft][v]['mean']:.2f} vs zero-shot {acc['zsl'][v]['mean']:.2f}"
-                             for v in VARIANTS)
-            warning = (f"FT {m} (N = {max(spec.ft_sizes)}) barely changed the model: it changed the correctness of "
-                       f"{100 * c:.1f}% of the eval items relative to zero-shot, and its accuracy equals zero-shot's "
-                       f"within the interval ({accs}; iclft flags a tuning that changes under "
-                       f"{100 * TINY_CHANGED:g}% of the items without moving accuracy). The comparisons of ICL with "
-                       f"FT {m} say little: train it harder (more steps or a larger learning rate) before reading "
-                       "them.")
-        out[m] = {"setting": ft, "changed": changed, "acc_equals_zsl": same, "barely_changed": barely,
-                  "warning": warning}
-    return out
+    changed = summary["changed_vs_zsl"].get(setting)
+    if changed is None or setting not in acc or "zsl" not in acc:
+        return None
+    c = changed["mean"]
+    same = all(_within(acc["zsl"][v]["mean"], acc[setting][v]) for v in VARIANTS)
+    accs = "; ".join(f"{v} {_ci(acc[setting][v])} vs zero-shot {acc['zsl'][v]['mean']:.2f}" for v in VARIANTS)
+    small = []
+    if c == c and c < TINY_CHANGED:
+        small.append(f"it changed the correctness of {100 * c:.1f}% of zero-shot's item outcomes (under "
+                     f"{100 * TINY_CHANGED:g}%)")
+        if same:
+            small.append(f"its accuracy equals zero-shot's within its interval ({accs})")
+    weak, barely = bool(small), len(small) == 2
+    reason = f"{name} barely changed the model's answers: {' and '.join(small)}" if small else None
+    warning = None
+    if weak:
+        warning = (f"{reason}. iclft puts a caveat on the claims that rest on a setting that changes under "
+                   f"{100 * TINY_CHANGED:g}% of the items, and calls them not testable when its accuracy also "
+                   "equals zero-shot's. "
+                   + ("Train it harder (more steps or a larger learning rate) before reading them."
+                      if name.startswith("FT") else "More demonstrations (k) may move it."))
+    return {"setting": setting, "changed": changed, "acc_equals_zsl": same, "small": small, "weak": weak,
+            "barely_moved": barely, "warning": warning, "reason": reason}
+
+
+def _tuning(summary: dict, spec: ImplicitSpec) -> dict:
+    """The moved check (`_moved_check`) of each FT method at the largest N."""
+    n = max(spec.ft_sizes)
+    checks = {m: _moved_check(summary, f"ft_{m}_N{n}", f"FT {m} (ft_{m}_N{n})") for m in spec.ft_methods}
+    return {m: t for m, t in checks.items() if t is not None}
+
+
+def _icl_check(summary: dict, spec: ImplicitSpec) -> dict | None:
+    """The moved check of ICL at the largest k (None when that k is 0: ICL is then zero-shot)."""
+    k = max(spec.k_values)
+    return _moved_check(summary, f"icl_k{k}", f"ICL (icl_k{k})") if k > 0 else None
+
+
+def _ci(cell: dict) -> str:
+    def f(v):
+        return "nan" if v != v else f"{v:.2f}"
+
+    return f"{f(cell['mean'])} [{f(cell['ci_low'])}, {f(cell['ci_high'])}]"
+
+
+def _floor(summary: dict, spec: ImplicitSpec) -> dict:
+    """Is the model at floor (or ceiling) on the task, so that no claim comparing its settings can be tested? At
+    floor: with at least MIN_SEEDS seeds, the accuracy interval (mean over families) of zero-shot, of ICL at the
+    largest k and of every FT method at the largest N contains the chance level of that mean (`pooled_chance`),
+    on clean and on misleading items alike. At ceiling: every one of those intervals reaches 1. With fewer seeds
+    every interval is wide and the claims read "too few seeds to tell" anyway, so neither is called."""
+    acc = summary["accuracy"]["all"]
+    chance = pooled_chance(summary["chance"], summary["families"])
+    named = [("zsl", "zero-shot"), (f"icl_k{max(spec.k_values)}", f"ICL (icl_k{max(spec.k_values)})")]
+    named += [(f"ft_{m}_N{max(spec.ft_sizes)}", f"FT {m} (ft_{m}_N{max(spec.ft_sizes)})") for m in spec.ft_methods]
+    named = [(s, name) for s, name in named if s in acc]
+    cells = [acc[s][v] for s, _ in named for v in VARIANTS]
+    enough = summary["n_seeds"] >= MIN_SEEDS and len(named) >= 2
+    at_floor = enough and all(_within(chance, c) for c in cells)
+    at_ceiling = enough and not at_floor and all(c["ci_high"] >= 1 - 1e-9 for c in cells)
+    shown = ", ".join(f"{name} {_ci(acc[s]['clean'])} / {_ci(acc[s]['misleading'])}" for s, name in named)
+    level = (f"chance {chance:.2f} (the mean of the families' chance levels"
+             + (", open-ended number answers counting 0)" if summary["chance"].get("all") is None else ")"))
+    reason = None
+    if at_floor:
+        reason = (f"the model is at floor on the task: {shown} (clean / misleading, mean over families) all "
+                  f"contain {level}")
+    elif at_ceiling:
+        reason = f"the model is at ceiling on the task: {shown} (clean / misleading, mean over families) all reach 1"
+    warning = None
+    if reason:
+        where = "chance" if at_floor else "perfect accuracy"
+        warning = (f"{reason[0].upper()}{reason[1:]}. No setting the claims compare can be told from {where}, so "
+                   "every claim is not testable: read them on a model that does these tasks "
+                   + ("above chance." if at_floor else "imperfectly (harder items)."))
+    return {"chance": chance, "settings": [s for s, _ in named], "at_floor": at_floor, "at_ceiling": at_ceiling,
+            "reason": reason, "warning": warning}
 
 
 def _within(x: float, cell: dict) -> bool:
@@ -543,34 +627,56 @@ def _within(x: float, cell: dict) -> bool:
     return abs(x - m) < 1e-12
 
 
+def _sesoi(summary: dict, metric: str) -> float:
+    """The run's smallest effect of interest of a test on `metric` (RunSpec.sesoi; the spec's values are kept in
+    the summary, so headlines can be judged again from it)."""
+    s = summary.get("sesoi") or {}
+    return RunSpec(**{f"sesoi_{k}": v for k, v in s.items() if k in ("difference", "correlation")}).sesoi(metric)
+
+
+def _preconditions(summary: dict, ft: list[str]) -> tuple[str | None, str | None]:
+    """(untestable reason, caveat) of a claim comparing ICL with the FT settings `ft` (their tuning keys):
+    the model at floor or ceiling, or ICL or one of those FT settings that barely changed the model's answers,
+    makes it not testable; a setting that changed few answers puts a caveat on it."""
+    checks = [summary.get("icl_check")] + [summary.get("tuning", {}).get(m) for m in ft]
+    checks = [t for t in checks if t]
+    floor = (summary.get("floor") or {}).get("reason")
+    untestable = [floor] if floor else []
+    untestable += [t["reason"] for t in checks if t.get("barely_moved")]
+    if untestable:
+        return "; ".join(untestable), None
+    weak = [t["reason"] for t in checks if t.get("weak")]
+    return None, ("; ".join(weak) + ", so this comparison says little") if weak else None
+
+
 def headlines(summary: dict) -> list[dict]:
-    """Yin et al.'s claims with this run's values (Holm over the study's tests)."""
-    out = []
+    """Yin et al.'s claims with this run's values (Holm over the study's testable tests). SESOI: the run's
+    difference SESOI (accuracy differences, circuit shift). Preconditions (`_preconditions`): every claim compares
+    ICL with FT, so the model at floor or ceiling, or an ICL or FT setting that barely changed the model's
+    answers, makes a claim not testable; the circuit-shift claim rests on the FT setting of the circuits."""
+    specs = []
     for m, e in summary["icl_vs_ft"].items():
         for v in ("misleading", "clean"):
-            out.append(headline(f"ICL ({e['icl']}) beats FT {m} ({e['ft']}) on {v} items (mean over families)",
-                                f"accuracy ICL − FT {m}, {v}", e[v]["diff"],
-                                "ICL ≫ FT (Qwen 0.5B–7B)", e[v]["paired"]))
+            specs.append((f"ICL ({e['icl']}) beats FT {m} ({e['ft']}) on {v} items (mean over families)",
+                          f"accuracy ICL − FT {m}, {v}", e[v]["diff"], "ICL ≫ FT (Qwen 0.5B–7B)", e[v]["paired"],
+                          [m]))
     sh = summary["circuit_shift"].get("all", {})
     if sh.get("paired"):
-        out.append(headline("ICL shifts the circuit from the base model more than FT does (1 − cos of patching "
-                            "effects)", "circuit shift ICL − FT", sh["paired"]["diff"],
-                            "ICL's larger circuit shift explains why it wins", sh["paired"]))
+        circuit_ft = summary.get("circuits", {}).get("ft_setting")
+        ft = [m for m, t in summary.get("tuning", {}).items() if t["setting"] == circuit_ft]
+        specs.append(("ICL shifts the circuit from the base model more than FT does (1 − cos of patching effects)",
+                      "circuit shift ICL − FT", sh["paired"]["diff"], "ICL's larger circuit shift explains why it wins",
+                      sh["paired"], ft))
     # appended last, so the earlier headlines keep their places
     for m, r in summary.get("robustness", {}).items():
-        out.append(headline(f"ICL ({r['icl']}) loses less accuracy than FT {m} ({r['ft']}) from clean to misleading "
-                            "items (mean over families)",
-                            f"accuracy drop clean − misleading, FT {m} − ICL", r["effect"],
-                            "ICL robust where FT follows the shortcut (misleading items)", r["paired"]))
-    out = judge(out)
-    # A fine-tuning that barely changed the model qualifies every claim that compares ICL with it.
-    barely = {m: t for m, t in summary.get("tuning", {}).items() if t["barely_changed"]}
-    circuit_ft = summary.get("circuits", {}).get("ft_setting")
-    for h in out:
-        for m, t in barely.items():
-            if f"FT {m} " in h["claim"] or (h["metric"] == "circuit shift ICL − FT" and circuit_ft == t["setting"]):
-                h["caveat"] = (f"FT {m} ({t['setting']}) changed only {100 * t['changed']['mean']:.1f}% of zero-shot's "
-                               "item outcomes and matches its accuracy, so this comparison says little")
+        specs.append((f"ICL ({r['icl']}) loses less accuracy than FT {m} ({r['ft']}) from clean to misleading items "
+                      "(mean over families)", f"accuracy drop clean − misleading, FT {m} − ICL", r["effect"],
+                      "ICL robust where FT follows the shortcut (misleading items)", r["paired"], [m]))
+    pre = [_preconditions(summary, ft) for *_, ft in specs]
+    out = judge([headline(claim, metric, value, paper, test, sesoi=_sesoi(summary, test["scale"]), untestable=u)
+                 for (claim, metric, value, paper, test, _), (u, _) in zip(specs, pre, strict=True)])
+    for h, (_, caveat) in zip(out, pre, strict=True):
+        h["caveat"] = caveat
     return out
 
 
@@ -604,9 +710,10 @@ def _icl_vs_ft(acc: pd.DataFrame, spec: ImplicitSpec) -> dict:
             b = allf[(allf["setting"] == ft) & (allf["variant"] == v)].set_index("seed")["acc"]
             seeds = sorted(set(a.index) & set(b.index))
             test = compare(a[seeds].to_numpy(float), b[seeds].to_numpy(float), "acc")
+            # unadjusted, as a single comparison; the headline's verdict is Holm-adjusted with the others
             entry[v] = {"diff": test["diff"], "paired": test,
-                        "icl_beats_ft": verdict(test, None, +1) == REPRODUCED,
-                        "ft_beats_icl": verdict(test, None, -1) == REPRODUCED}
+                        "icl_beats_ft": verdict(test, None, +1, spec.sesoi("acc")) == REPRODUCED,
+                        "ft_beats_icl": verdict(test, None, -1, spec.sesoi("acc")) == REPRODUCED}
         out[m] = entry
     return out
 
