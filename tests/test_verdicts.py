@@ -111,3 +111,7 @@ def test_a_correlation_the_other_way_is_opposite():
     t = compare(z, 0.0, "fisher_z")
     assert verdict(t, None, +1, sesoi=0.1) == OPPOSITE
     assert verdict(t, None, -1, sesoi=0.1) == REPRODUCED
+
+
+def test_a_correlation_tested_on_the_z_scale_gets_the_correlation_sesoi_on_that_scale():
+    assert RunSpec().sesoi("fisher_z") == pytest.approx(np.arctanh(0.1))

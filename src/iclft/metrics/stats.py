@@ -434,7 +434,8 @@ SESOI_DEFAULTS = {"difference": 0.02, "correlation": 0.1}
 def sesoi_kind(metric: str) -> str:
     """Correlations (per-seed r, rank correlations) get the correlation SESOI; every other quantity (cosines,
     accuracies, proportions and their differences) the difference SESOI."""
-    return "correlation" if quantity(metric).method == "fisher_z" or metric.startswith("kendall") else "difference"
+    corr = quantity(metric).method == "fisher_z" or metric.startswith("kendall") or metric == "fisher_z"
+    return "correlation" if corr else "difference"
 
 
 def compare(a: Any, b: Any, metric: str) -> dict:

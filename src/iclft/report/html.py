@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 from pathlib import Path
 
 CSS = """
@@ -128,14 +129,19 @@ def headline_rows(headlines: list[dict]) -> list[list]:
         t = h.get("test")
         if t:
             scale = " (Fisher z)" if t.get("scale") == "fisher_z" else ""
-            tests = (f"effect{scale} {fmt_ci(t['diff'])}, d<sub>z</sub> = {fmt_p(t['dz'])}; "
+            # the effect is the mean paired difference across seeds with its t-interval (the test's own numbers);
+            # "this run" beside it is the quantity itself with its quantity-aware interval
+            tests = (f"effect{scale} (mean paired difference, t-interval) {fmt_ci(t['diff'])}, "
+                     f"d<sub>z</sub> = {fmt_p(t['dz'])}; "
                      f"paired t p = {fmt_p(t['t_p'])} (Holm {fmt_p(h.get('p_holm'))}), "
                      f"Wilcoxon p = {fmt_p(t['wilcoxon_p'])}, n = {t['n']}")
         else:
             tests = (f"interval above {100 * h['threshold']:g} %?" if h.get("percent")
                      else f"interval above {h['threshold']:g}?")
         if h.get("sesoi"):
-            sesoi = f"{100 * h['sesoi']:g} points" if h.get("percent") and not t else f"{h['sesoi']:g}"
+            sesoi = (f"{100 * h['sesoi']:.3g} points" if h.get("percent") and not t else
+                     f"{h['sesoi']:.3g} (z of r = {math.tanh(h['sesoi']):.2g})" if t and t.get("scale") == "fisher_z"
+                     else f"{h['sesoi']:.3g}")
             tests += f"; smallest effect of interest {sesoi}"
         rows.append([esc(h["claim"]), esc(h["metric"]) + "<br>" + esc(fmt_value(h)), esc(h["paper"]), tests,
                      verdict_cell(h)])

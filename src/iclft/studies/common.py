@@ -36,8 +36,12 @@ class RunSpec(BaseModel):
 
     def sesoi(self, metric: str) -> float:
         """The smallest effect of interest of a headline whose test is on `metric` (iclft.metrics.stats)."""
+        import math
+
         from iclft.metrics.stats import sesoi_kind
 
+        if metric == "fisher_z":  # a correlation tested on the z scale: the same SESOI, on that scale
+            return math.atanh(self.sesoi_correlation)
         return self.sesoi_correlation if sesoi_kind(metric) == "correlation" else self.sesoi_difference
 
     def seed_list(self) -> list[int]:
