@@ -73,16 +73,12 @@ def _implicit_unit(part: str, family: str, seed: int, overrides: dict):
 
 
 def _dual_unit(seed: int, overrides: dict):
-    from iclft.prompts import PromptBuilder
     from iclft.studies import dual_view as dv
-    from iclft.tasks import get_task
+    from iclft.studies.protocol import Unit
 
     spec = dv.DualSpec(**overrides)
-    loaded = _load(spec)
-    task = get_task(spec.task)
-    builder = PromptBuilder(loaded.tokenizer, task)
-    queries = dv.validate(spec, task, builder, loaded.max_len)
-    return lambda: dv.run_seed(spec, seed, loaded, task, builder, queries, loaded.info["n_layers"])
+    ctx = dv.setup(spec)  # the study's own set-up: task (auto), fitting, the query pool
+    return lambda: dv.run_unit(spec, ctx, Unit(f"seed{seed}", {"seed": seed}))
 
 
 def compare(a: Path, b: Path) -> None:

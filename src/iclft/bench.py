@@ -249,7 +249,7 @@ def bench_prefix_cache(loaded: Loaded, *, queries: int = 32, k: int = 32, batch:
     task = get_task("sentiment")
     builder = PromptBuilder(loaded.tokenizer, task, max_len=loaded.max_len)
     _, qs, (train,) = builder.fit(task.test[:queries], [(task.train, task)], k)  # as the study: k fits
-    pool = demo_pool(dataclasses.replace(task, train=train), qs)
+    pool = demo_pool(dataclasses.replace(task, train=train, test=qs))
     demos = draw_demos(pool, k, task.label_words, "balanced", random.Random(0))
     prompts = [builder.build(q, demos) for q in qs]
     start = prompts[0].query_span[0]

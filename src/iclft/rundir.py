@@ -287,7 +287,7 @@ def shard_state(out: Path, unit_id: str) -> str:
         want = check.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError):
         return "bad"
-    return "done" if _sha256(path) == want else "bad"
+    return "done" if sha256_file(path) == want else "bad"
 
 
 def drop_shard(out: Path, unit_id: str) -> None:
@@ -296,7 +296,7 @@ def drop_shard(out: Path, unit_id: str) -> None:
     path.with_suffix(".sha256").unlink(missing_ok=True)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -310,7 +310,7 @@ FINISHED_FILES = ("spec.yaml", "identity.json", "records.parquet", "summary.json
 def write_finished(out: Path) -> None:
     """Checksums of the files a report is rendered from, written after all of them."""
     out = Path(out)
-    atomic_write_json(out / FINISHED, {"sha256": {f: _sha256(out / f) for f in FINISHED_FILES}})
+    atomic_write_json(out / FINISHED, {"sha256": {f: sha256_file(out / f) for f in FINISHED_FILES}})
 
 
 def check_finished(out: Path) -> None:
@@ -323,7 +323,7 @@ def check_finished(out: Path) -> None:
         raise UserError(f"{str(out)!r} is not a finished run directory (missing {FINISHED})") from None
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(f"{str(out)!r}: {FINISHED} is unreadable") from None
-    changed = [f for f in FINISHED_FILES if not (out / f).is_file() or _sha256(out / f) != recorded.get(f)]
+    changed = [f for f in FINISHED_FILES if not (out / f).is_file() or sha256_file(out / f) != recorded.get(f)]
     if changed:
         raise UserError(f"{str(out)!r}: {', '.join(changed)} changed after the run finished (SHA-256 differs from "
                         f"{FINISHED}); restore the file(s) or rerun the study into a new --out")

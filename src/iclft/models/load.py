@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from iclft import UserError
 from iclft.models.families import Family, family_for
+from iclft.rundir import sha256_file
 
 log = logging.getLogger(__name__)
 BUILTIN_DIR = Path(__file__).parent / "builtin"
@@ -173,13 +174,7 @@ def _hub_reachable() -> bool:
         return False
 
 
-@functools.lru_cache(maxsize=4)
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+_sha256 = functools.lru_cache(maxsize=4)(sha256_file)  # weights are hashed once per process
 
 
 def _fallback_builtin(attn_implementation: str) -> Loaded:
