@@ -259,3 +259,14 @@ def test_damaged_weights_are_one_error_line(tmp_path, damage):
         load(str(d))
     result = runner.invoke(app, ["run", "dual", "--quick", "--model", str(d), "--out", str(tmp_path / "r")])
     assert "cannot load model" in _error_line(result) and not (tmp_path / "r").exists()
+
+
+# progress a person can see where no bar can be drawn
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    run_study(FAULTS, FaultSpec(seeds=40), tmp_path / "run")
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("faults:")]
+    assert lines[0].startswith("faults: 0/40 units (0%), elapsed 0:0") and "\r" not in "".join(lines)
+    assert lines[-1].startswith("faults: 40/40 units (100%)")
+    assert 20 <= len(lines) <= 22  # every 5 % (2 units) and the start, not one per unit
+    assert "ETA" in lines[1] and "ETA" not in lines[-1]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -43,7 +44,7 @@ def run_cells(cells: Sequence[Cell], executor=None, desc: str | None = None) -> 
                 for u in _to_run(c)]
         total = sum(len(c.units) for c in cells)
         label = desc or (cells[0].study.name if len(cells) == 1 else "units")
-        with tqdm(total=total, initial=total - len(jobs), desc=label, unit="unit", dynamic_ncols=True) as bar:
+        with _progress(total, total - len(jobs), label) as bar:
             by_key = dict(zip(keys, cells, strict=True))
 
             def on_result(job: Job, df: pd.DataFrame) -> None:
@@ -57,6 +58,49 @@ def run_cells(cells: Sequence[Cell], executor=None, desc: str | None = None) -> 
             if key in ran or not _finished(cell):
                 _finish(cell, stats, rerun=key not in ran)
     return [c.out for c in cells]
+
+
+class _Lines:
+    """Progress for a stderr that is not an interactive terminal (a notebook, nohup, CI, a `script` pty): a plain
+    line every ~5 % of the units or 60 s -- units done / total, elapsed, ETA -- where a bar would draw nothing."""
+
+    def __init__(self, total: int, initial: int, label: str, every_s: float = 60.0):
+        self.total, self.done, self.label, self.every_s = total, initial, label, every_s
+        self.start, self.initial = time.monotonic(), initial
+        self.step = max(1, -(-total // 20))
+        self.last_t, self.last_done = self.start, initial
+        self._say()
+
+    def _say(self) -> None:
+        elapsed = time.monotonic() - self.start
+        ran = self.done - self.initial
+        eta = f", ETA {_clock(elapsed / ran * (self.total - self.done))}" if ran and self.done < self.total else ""
+        print(f"{self.label}: {self.done}/{self.total} units ({100 * self.done / max(self.total, 1):.0f}%), "
+              f"elapsed {_clock(elapsed)}{eta}", file=sys.stderr, flush=True)
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.done >= self.total or self.done - self.last_done >= self.step or now - self.last_t >= self.every_s:
+            self.last_t, self.last_done = now, self.done
+            self._say()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+def _progress(total: int, initial: int, label: str):
+    if sys.stderr.isatty():
+        return tqdm(total=total, initial=initial, desc=label, unit="unit", dynamic_ncols=True)
+    return _Lines(total, initial, label)
 
 
 def _to_run(cell: Cell) -> list:
