@@ -71,10 +71,12 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
-def atomic_write_parquet(df: pd.DataFrame, path: Path) -> None:
+def atomic_write_parquet(df: pd.DataFrame, path: Path) -> bytes:
+    """Write `df` as Parquet; returns the bytes written (a shard's checksum is taken over them)."""
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
     atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def _json_default(o):
@@ -269,11 +271,8 @@ def shard_path(out: Path, unit_id: str) -> Path:
 
 def write_shard(out: Path, unit_id: str, df: pd.DataFrame) -> None:
     """The unit's rows, then their checksum: a shard without a matching checksum is not finished."""
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    data = buf.getvalue()
     path = shard_path(out, unit_id)
-    atomic_write_bytes(path, data)
+    data = atomic_write_parquet(df, path)
     atomic_write_text(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest() + "\n")
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -180,7 +180,6 @@ def ft_kv_scores(demo_queries: Any, test_query: Any) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-KendallMode = Literal["scores", "probs"]
 KENDALL_MODES: tuple[str, ...] = ("scores", "probs")
 
 

@@ -501,16 +501,28 @@ def level_verdict(value: dict, threshold: float, sesoi: float = 0.0) -> str:
 
 def headline(claim: str, metric: str, value: dict, paper: str, test: dict | None = None, direction: int = 1,
              threshold: float | None = None, percent: bool = False, sesoi: float = 0.0,
-             untestable: str | None = None) -> dict:
+             untestable: str | None = None, caveat: str | None = None) -> dict:
     """One headline finding of a study: the claim a paper makes, this run's value, the paper's value and the test
     behind the verdict (filled in by `judge`). With no test, the claim is `value > threshold` read off the
     interval (used where the paper states a level, not a comparison). `percent`: shown ×100 with "%", as the
     paper prints it. `sesoi`: the smallest effect of interest, on the scale of the test's difference (or of the
     value above the threshold). `untestable`: the reason a precondition of the claim fails, if one does (the
-    verdict is then "not testable: <reason>" and the test stays out of the Holm family). A study may add a
-    `caveat` (e.g. the tuning compared barely changed the model)."""
+    verdict is then "not testable: <reason>" and the test stays out of the Holm family). `caveat` qualifies the
+    verdict (e.g. the tuning compared changed little of the model); `preconditions` gives both."""
     return {"claim": claim, "metric": metric, "value": value, "paper": paper, "test": test, "direction": direction,
-            "threshold": threshold, "percent": percent, "sesoi": sesoi, "untestable": untestable, "caveat": None}
+            "threshold": threshold, "percent": percent, "sesoi": sesoi, "untestable": untestable, "caveat": caveat}
+
+
+def preconditions(checks: list[dict], failed: list[str] = ()) -> tuple[str | None, str | None]:
+    """(untestable, caveat) of a claim resting on the settings `checks` (dicts with `reason`, `weak`,
+    `barely_moved`, as `tuning_check` returns) and on preconditions known to have failed (`failed`: reasons). A
+    failed precondition or a setting that barely moved the model makes it not testable, naming every reason; a
+    setting that moved it little by one measure puts a caveat on it."""
+    untestable = [*failed, *(t["reason"] for t in checks if t.get("barely_moved"))]
+    if untestable:
+        return "; ".join(untestable), None
+    weak = [t["reason"] for t in checks if t.get("weak")]
+    return None, ("; ".join(weak) + ", so this comparison says little") if weak else None
 
 
 def judge(headlines: list[dict]) -> list[dict]:

@@ -44,8 +44,18 @@ class RunSpec(BaseModel):
             return math.atanh(self.sesoi_correlation)
         return self.sesoi_correlation if sesoi_kind(metric) == "correlation" else self.sesoi_difference
 
+    def sesoi_record(self) -> dict:
+        """The spec's SESOIs as a summary keeps them (`summary["sesoi"]`), so headlines can be judged from it."""
+        return {"difference": self.sesoi_difference, "correlation": self.sesoi_correlation}
+
     def seed_list(self) -> list[int]:
         return list(range(self.seed_offset, self.seed_offset + self.seeds))
+
+
+def summary_sesoi(summary: dict, metric: str) -> float:
+    """`RunSpec.sesoi(metric)` with the SESOIs a summary recorded (`RunSpec.sesoi_record`; defaults if none)."""
+    s = summary.get("sesoi") or {}
+    return RunSpec(**{f"sesoi_{k}": v for k, v in s.items() if k in ("difference", "correlation")}).sesoi(metric)
 
 
 def load_spec(
@@ -67,11 +77,7 @@ def load_spec(
         if not isinstance(data, dict):
             raise UserError(f"spec file {str(path)!r} must hold a mapping of fields, not {type(data).__name__}")
         if section is not None:
-            own = data.get(section)
-            if own is not None and not isinstance(own, dict):
-                raise UserError(f"spec file {str(path)!r}: section {section!r} must be a mapping of fields, "
-                                f"not {type(own).__name__}")
-            data = merge({k: v for k, v in data.items() if k not in {section, *sections}}, own or {})
+            data = study_section(data, section, sections, f"spec file {str(path)!r}")
     data = merge(merge(merge(cls().model_dump(), preset or {}), data), overrides)
     check_fields(cls, data)
     try:
@@ -81,6 +87,15 @@ def load_spec(
         loc = ".".join(str(x) for x in err["loc"]) or "spec"
         got = f", not {err['input']!r}" if isinstance(err["input"], str | int | float) else ""
         raise UserError(f"invalid spec field {loc!r}: {err['msg']}{got}") from None
+
+
+def study_section(data: dict, study: str, studies: Collection[str], where: str) -> dict:
+    """What a file holding several studies' fields gives `study`: its shared top-level fields (any key that is not
+    a study's name) merged with its own section, which must be a mapping (`where` names the file in the error)."""
+    own = data.get(study)
+    if own is not None and not isinstance(own, dict):
+        raise UserError(f"{where}: section {study!r} must be a mapping of fields, not {type(own).__name__}")
+    return merge({k: v for k, v in data.items() if k not in {study, *studies}}, own or {})
 
 
 def merge(base: dict, top: dict) -> dict:

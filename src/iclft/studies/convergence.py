@@ -25,10 +25,19 @@ from iclft import UserError
 from iclft.capture import capture, site_names
 from iclft.metrics.dual import predict_labels
 from iclft.metrics.similarity import CONVERGENCE_KEYS, convergence_metrics, demo_query_similarity
-from iclft.metrics.stats import compare, correlation, headline, interval, judge, layer_intervals, tuning_check
+from iclft.metrics.stats import (
+    compare,
+    correlation,
+    headline,
+    interval,
+    judge,
+    layer_intervals,
+    preconditions,
+    tuning_check,
+)
 from iclft.models.load import Loaded, load
 from iclft.prompts import Embedder, PromptBuilder, corrupt_labels, select_demos
-from iclft.studies.common import RunSpec
+from iclft.studies.common import RunSpec, summary_sesoi
 from iclft.studies.protocol import Study, Unit
 from iclft.tasks import Task, get_task
 from iclft.tuning import LoraConfigSpec, StackedLora
@@ -270,7 +279,7 @@ def summarise(records: pd.DataFrame, spec: ConvergenceSpec, model_info: dict) ->
     summary["tuning"] = [tuning_check(name, summary[f"u_{s}"]["last_layer"], summary["u_icl"]["last_layer"],
                                       base_entry[f"changed_{s}"], "last-layer state")
                          for name, s in (("IT", "it"), ("SL", "sl")) if f"changed_{s}" in base_entry]
-    summary["sesoi"] = {"difference": spec.sesoi_difference, "correlation": spec.sesoi_correlation}
+    summary["sesoi"] = spec.sesoi_record()
     summary["headlines"] = headlines(summary, per_seed_last(b, "d_icl_it").to_numpy(float))
     return summary
 
@@ -295,29 +304,6 @@ FACTOR_CLAIMS = {
 }
 
 
-def _sesoi(summary: dict, metric: str) -> float:
-    """The run's smallest effect of interest of a test on `metric` (RunSpec.sesoi; the spec's values are kept in
-    the summary, so headlines can be judged again from it)."""
-    s = summary.get("sesoi") or {}
-    return RunSpec(**{f"sesoi_{k}": v for k, v in s.items() if k in ("difference", "correlation")}).sesoi(metric)
-
-
-def factor_sesoi(summary: dict) -> float:
-    """The factor claims' SESOI on the scale of their test (mean Fisher z): atanh of the correlation SESOI."""
-    return float(np.arctanh(_sesoi(summary, "pearson_r")))
-
-
-def _tuning_preconditions(summary: dict, settings: tuple[str, ...]) -> tuple[str | None, str | None]:
-    """(untestable reason, caveat) of a claim that rests on the tunings `settings` (IT, SL): a tuning that barely
-    moved the model by both of tuning_check's measures makes it not testable; by one of them, a caveat naming it."""
-    involved = [t for t in summary.get("tuning", []) if t["setting"] in settings]
-    barely = [t["reason"] for t in involved if t.get("barely_moved")]
-    weak = [t["reason"] for t in involved if t.get("weak") and not t.get("barely_moved")]
-    if barely:
-        return "; ".join(barely), None
-    return None, ("; ".join(weak) + ", so this comparison says little") if weak else None
-
-
 def headlines(summary: dict, d_icl_it_per_seed: np.ndarray) -> list[dict]:
     """Duan et al.'s claims, each with this run's value and a verdict (Holm over the study's testable tests).
 
@@ -326,31 +312,29 @@ def headlines(summary: dict, d_icl_it_per_seed: np.ndarray) -> list[dict]:
     (the IT − SL one with SL too); a tuning that barely moved the model (tuning_check: both measures small) makes
     the claims resting on it "not testable: <reason>", one small measure puts a caveat on them."""
     p = summary["paired"]
-    diff = _sesoi(summary, "d_icl_it")
-    it = _tuning_preconditions(summary, ("IT",))
-    it_sl = _tuning_preconditions(summary, ("IT", "SL"))
-    specs = [(headline("ICL and IT move the query's last-layer state in the same direction (d_icl_it > 0)",
-                       "d_icl_it, last layer", summary["d_icl_it"]["last_layer"],
-                       "ICL behaves like IT on its demonstrations (LLaMA-2 7B/13B)",
-                       compare(d_icl_it_per_seed, 0.0, "d_icl_it"), sesoi=diff, untestable=it[0]), it[1]),
-             (headline("instruction tuning aligns with ICL more than supervised tuning (d_icl_it > d_icl_sl)",
-                       "d_icl_it − d_icl_sl", p["d_icl_it_vs_d_icl_sl"]["diff"], "IT closer to ICL than SL",
-                       p["d_icl_it_vs_d_icl_sl"], sesoi=diff, untestable=it_sl[0]), it_sl[1])]
+    diff, factor = summary_sesoi(summary, "d_icl_it"), summary_sesoi(summary, "fisher_z")
+    tuning = summary.get("tuning", [])
+    it = preconditions([t for t in tuning if t["setting"] == "IT"])
+    it_sl = preconditions([t for t in tuning if t["setting"] in ("IT", "SL")])
+    out = [headline("ICL and IT move the query's last-layer state in the same direction (d_icl_it > 0)",
+                    "d_icl_it, last layer", summary["d_icl_it"]["last_layer"],
+                    "ICL behaves like IT on its demonstrations (LLaMA-2 7B/13B)",
+                    compare(d_icl_it_per_seed, 0.0, "d_icl_it"), sesoi=diff, untestable=it[0], caveat=it[1]),
+           headline("instruction tuning aligns with ICL more than supervised tuning (d_icl_it > d_icl_sl)",
+                    "d_icl_it − d_icl_sl", p["d_icl_it_vs_d_icl_sl"]["diff"], "IT closer to ICL than SL",
+                    p["d_icl_it_vs_d_icl_sl"], sesoi=diff, untestable=it_sl[0], caveat=it_sl[1])]
     if "d_icl_it_task_vs_control" in p:
-        specs.append((headline("the convergence is task-specific (d_icl_it above an unrelated-task control)",
-                               "d_icl_it task − control", p["d_icl_it_task_vs_control"]["diff"],
-                               "— (control added by iclft)", p["d_icl_it_task_vs_control"], sesoi=diff,
-                               untestable=it[0]), it[1]))
+        out.append(headline("the convergence is task-specific (d_icl_it above an unrelated-task control)",
+                            "d_icl_it task − control", p["d_icl_it_task_vs_control"]["diff"],
+                            "— (control added by iclft)", p["d_icl_it_task_vs_control"], sesoi=diff,
+                            untestable=it[0], caveat=it[1]))
     for c in summary["correlations"]:
         if c["metric"] == "d_icl_it":
-            specs.append((headline(FACTOR_CLAIMS[c["factor"]],
-                                   f"per-seed Pearson r (d_icl_it, {c['factor']}), tanh of the mean Fisher z",
-                                   c["per_seed_pearson"], "positive", c["per_seed_test"],
-                                   sesoi=factor_sesoi(summary), untestable=it[0]), it[1]))
-    out = judge([h for h, _ in specs])
-    for h, (_, caveat) in zip(out, specs, strict=True):
-        h["caveat"] = caveat
-    return out
+            out.append(headline(FACTOR_CLAIMS[c["factor"]],
+                                f"per-seed Pearson r (d_icl_it, {c['factor']}), tanh of the mean Fisher z",
+                                c["per_seed_pearson"], "positive", c["per_seed_test"], sesoi=factor,
+                                untestable=it[0], caveat=it[1]))
+    return judge(out)
 
 
 STUDY = Study(name="convergence", spec=ConvergenceSpec, presets={"quick": QUICK, "paper": PAPER}, setup=setup,

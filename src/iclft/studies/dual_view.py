@@ -63,10 +63,10 @@ from iclft.metrics.dual import (
 )
 from iclft.metrics.dualform import check_dual_form
 from iclft.metrics.similarity import relative_update
-from iclft.metrics.stats import compare, headline, interval, judge, layer_intervals, tuning_check
+from iclft.metrics.stats import compare, headline, interval, judge, layer_intervals, preconditions, tuning_check
 from iclft.models.load import Loaded, load
 from iclft.prompts import PromptBuilder
-from iclft.studies.common import RunSpec
+from iclft.studies.common import RunSpec, summary_sesoi
 from iclft.studies.protocol import Study, Unit
 from iclft.tasks import Example, Task, get_task
 from iclft.tuning.ft_kv import FtKvSession
@@ -444,7 +444,7 @@ def summarise(records: pd.DataFrame, spec: DualSpec, model_info: dict) -> dict:
     summary["kendall_rope"] = spec.kendall_rope
     summary["kendall_mode"] = spec.kendall_mode
     summary["task_resolved"] = task_name(spec)
-    summary["sesoi"] = {"difference": spec.sesoi_difference, "correlation": spec.sesoi_correlation}
+    summary["sesoi"] = spec.sesoi_record()
     for setting in SETTINGS:
         summary[f"acc_{setting}"] = interval(np.array([by_seed[s][f"correct_{setting}"].mean() for s in seeds]),
                                              "acc", trials=np.array([len(by_seed[s]) for s in seeds], float))
@@ -486,33 +486,30 @@ def headlines(summary: dict) -> list[dict]:
     model makes them all not testable (either measure small: a caveat)."""
     p, pub = summary["paired"], PUBLISHED
     both = lambda key, f="{:.3f}": " / ".join(f.format(v) for v in pub[key])  # noqa: E731
-    diff, corr = summary.get("sesoi", {}).get("difference", 0.02), summary.get("sesoi", {}).get("correlation", 0.1)
-    tuning = (summary.get("tuning") or [None])[0]
-    moved = tuning["reason"] if tuning and tuning["barely_moved"] else None
-    few = (f"too few F→T queries ({summary['f_to_t_total']} < {summary['min_f_to_t']}, all seeds): FT-KV fixes too "
-           "few zero-shot errors for a share of them to mean anything") if too_few(summary) else None
+    diff, corr = summary_sesoi(summary, "simaou"), summary_sesoi(summary, "kendall")
+    few = [f"too few F→T queries ({summary['f_to_t_total']} < {summary['min_f_to_t']}, all seeds): FT-KV fixes too "
+           "few zero-shot errors for a share of them to mean anything"] if too_few(summary) else []
+    tuning = summary.get("tuning", [])
+    r2f, ft_kv = preconditions(tuning, few), preconditions(tuning)
     base = summary.get("rec2ftp_baseline", {})
     out = judge([
         headline("ICL recovers most of the queries FT-KV fixes over zero-shot (Rec2FTP > 50 %, the paper's reading)",
                  "Rec2FTP", summary["rec2ftp"], f"{both('rec2ftp', '{:.1f}')} % (GPT 1.3B / 2.7B)", threshold=0.5,
-                 percent=True, sesoi=diff, untestable=few or moved),
+                 percent=True, sesoi=diff, untestable=r2f[0], caveat=r2f[1]),
         headline("ICL recovers the queries FT-KV fixes more often than the zero-shot errors FT-KV leaves (Rec2FTP "
                  "above its baseline)", f"Rec2FTP − baseline (baseline {100 * base.get('mean', float('nan')):.1f} %), "
                  "paired by seed", p["rec2ftp_vs_baseline"]["diff"], "— (baseline added by iclft)",
-                 p["rec2ftp_vs_baseline"], sesoi=diff, untestable=few or moved, percent=True),
+                 p["rec2ftp_vs_baseline"], sesoi=diff, untestable=r2f[0], caveat=r2f[1], percent=True),
         headline("ICL and FT-KV change the attention output in a shared direction (SimAOU above a random update)",
-                 "SimAOU", summary["simaou"], both("simaou"), p["simaou_vs_random"], sesoi=diff, untestable=moved),
+                 "SimAOU", summary["simaou"], both("simaou"), p["simaou_vs_random"], sesoi=diff, untestable=ft_kv[0],
+                 caveat=ft_kv[1]),
         headline("after FT-KV the model attends more like ICL (SimAM after > before)", "SimAM after",
                  summary["simam_after"], f"{both('simam_before')} → {both('simam_after')}", p["simam_after_vs_before"],
-                 sesoi=diff, untestable=moved),
+                 sesoi=diff, untestable=ft_kv[0], caveat=ft_kv[1]),
         headline("ICL attention weights rank demonstration tokens like FT-KV's query similarities (Kendall τ above "
                  "random)", "Kendall τ", summary["kendall"], both("kendall"), p["kendall_vs_random"], sesoi=corr,
-                 untestable=moved),
+                 untestable=ft_kv[0], caveat=ft_kv[1]),
     ])
-    if tuning and tuning["weak"] and not tuning["barely_moved"]:
-        for h in out:
-            if not h.get("untestable"):
-                h["caveat"] = f"{tuning['reason']}, so this comparison with ICL says little"
     return out
 
 

@@ -53,12 +53,13 @@ from iclft.metrics.stats import (
     headline,
     interval,
     judge,
+    preconditions,
     verdict,
 )
 from iclft.models.load import Loaded, load
 from iclft.prompts import PromptBuilder
 from iclft.prompts.build import too_many
-from iclft.studies.common import RunSpec
+from iclft.studies.common import RunSpec, summary_sesoi
 from iclft.studies.protocol import Study, Unit
 from iclft.tasks.implicit import (
     DEFAULT_RULE,
@@ -448,7 +449,7 @@ def summarise(records: pd.DataFrame, spec: ImplicitSpec, model_info: dict) -> di
                                    **{v: [cell(f, f"ft_{m}_N{n}", v) for n in spec.ft_sizes] for v in VARIANTS}}
                                for m in spec.ft_methods} for f in fams}
     summary["chance"] = _chance(spec)
-    summary["sesoi"] = {"difference": spec.sesoi_difference, "correlation": spec.sesoi_correlation}
+    summary["sesoi"] = spec.sesoi_record()
     summary["ft_steps"] = _ft_steps(records[records["kind"] == "curve"], spec)
     summary["icl_vs_ft"] = _icl_vs_ft(acc, spec)
     summary["robustness"] = _robustness(acc, spec)
@@ -627,26 +628,12 @@ def _within(x: float, cell: dict) -> bool:
     return abs(x - m) < 1e-12
 
 
-def _sesoi(summary: dict, metric: str) -> float:
-    """The run's smallest effect of interest of a test on `metric` (RunSpec.sesoi; the spec's values are kept in
-    the summary, so headlines can be judged again from it)."""
-    s = summary.get("sesoi") or {}
-    return RunSpec(**{f"sesoi_{k}": v for k, v in s.items() if k in ("difference", "correlation")}).sesoi(metric)
-
-
 def _preconditions(summary: dict, ft: list[str]) -> tuple[str | None, str | None]:
-    """(untestable reason, caveat) of a claim comparing ICL with the FT settings `ft` (their tuning keys):
-    the model at floor or ceiling, or ICL or one of those FT settings that barely changed the model's answers,
-    makes it not testable; a setting that changed few answers puts a caveat on it."""
+    """(untestable reason, caveat) of a claim comparing ICL with the FT settings `ft` (their tuning keys): the model
+    at floor or ceiling fails it; ICL and those FT settings are the settings it rests on (`stats.preconditions`)."""
     checks = [summary.get("icl_check")] + [summary.get("tuning", {}).get(m) for m in ft]
-    checks = [t for t in checks if t]
     floor = (summary.get("floor") or {}).get("reason")
-    untestable = [floor] if floor else []
-    untestable += [t["reason"] for t in checks if t.get("barely_moved")]
-    if untestable:
-        return "; ".join(untestable), None
-    weak = [t["reason"] for t in checks if t.get("weak")]
-    return None, ("; ".join(weak) + ", so this comparison says little") if weak else None
+    return preconditions([t for t in checks if t], [floor] if floor else [])
 
 
 def headlines(summary: dict) -> list[dict]:
@@ -672,12 +659,12 @@ def headlines(summary: dict) -> list[dict]:
         specs.append((f"ICL ({r['icl']}) loses less accuracy than FT {m} ({r['ft']}) from clean to misleading items "
                       "(mean over families)", f"accuracy drop clean − misleading, FT {m} − ICL", r["effect"],
                       "ICL robust where FT follows the shortcut (misleading items)", r["paired"], [m]))
-    pre = [_preconditions(summary, ft) for *_, ft in specs]
-    out = judge([headline(claim, metric, value, paper, test, sesoi=_sesoi(summary, test["scale"]), untestable=u)
-                 for (claim, metric, value, paper, test, _), (u, _) in zip(specs, pre, strict=True)])
-    for h, (_, caveat) in zip(out, pre, strict=True):
-        h["caveat"] = caveat
-    return out
+    heads = []
+    for claim, metric, value, paper, test, ft in specs:
+        untestable, caveat = _preconditions(summary, ft)
+        heads.append(headline(claim, metric, value, paper, test, sesoi=summary_sesoi(summary, test["scale"]),
+                              untestable=untestable, caveat=caveat))
+    return judge(heads)
 
 
 def _ft_steps(curve: pd.DataFrame, spec: ImplicitSpec) -> dict:

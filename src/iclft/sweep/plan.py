@@ -81,7 +81,7 @@ def cells(sweep: SweepSpec, out: Path, quick: bool = False) -> list[tuple[str, o
     """[(study name, effective spec, cell directory)], every spec checked before anything runs."""
     from iclft.registry import STUDIES
     from iclft.studies import PRESETS
-    from iclft.studies.common import load_spec, merge
+    from iclft.studies.common import load_spec, merge, study_section
 
     studies = sweep.studies or list(STUDIES)
     unknown = [s for s in studies if s not in STUDIES]
@@ -91,21 +91,14 @@ def cells(sweep: SweepSpec, out: Path, quick: bool = False) -> list[tuple[str, o
     if preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
 
-    def section(data: dict, study: str, where: str) -> dict:
-        shared = {k: v for k, v in data.items() if k not in STUDIES}
-        own = data.get(study)
-        if own is not None and not isinstance(own, dict):
-            raise UserError(f"sweep {where}: section {study!r} must be a mapping of fields, not {type(own).__name__}")
-        return merge(shared, own or {})
-
     result = []
     for m in sweep.models:
         for variant in sweep.variants or [None]:
             name = m.name if variant is None else f"{m.name}__{variant.name}"
             for study in studies:
-                over = merge(section(sweep.spec, study, "spec"), {"model": m.model})
+                over = merge(study_section(sweep.spec, study, STUDIES, "sweep spec"), {"model": m.model})
                 if variant is not None:
-                    over = merge(over, section(variant.set, study, f"variant {variant.name!r}"))
+                    over = merge(over, study_section(variant.set, study, STUDIES, f"sweep variant {variant.name!r}"))
                 spec = load_spec(STUDIES[study].spec, None, over, preset=STUDIES[study].presets.get(preset))
                 result.append((study, spec, rundir.within(out, name, study)))
     return result
