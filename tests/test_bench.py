@@ -34,3 +34,39 @@ def test_quick_bench_rows():
         assert -1 <= p["spearman_all"] <= 1 and -1 <= p["spearman_top"] <= 1
     table = format_table(rows)
     assert all(n in table for n in NAMES) and "random-3Lx4H" in table
+
+
+def test_peers_missing_is_one_error_line(monkeypatch):
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from iclft.cli import app
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nnsight" else real(name, *a))
+    res = CliRunner().invoke(app, ["bench", "--peers", "--quick"])
+    assert res.exit_code == 2
+    lines = [x for x in res.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "nnsight" in lines[0]
+    assert "pip install 'iclft[bench]' -c benchmarks/constraints-bench.txt" in lines[0]
+
+
+def test_peers_quick_rows_agree():
+    # iclft, HF, TransformerLens and nnsight compute the same things: every workload's results agree across tools
+    # (TransformerLens runs eager attention, the others SDPA: float-level differences only).
+    import pytest
+
+    pytest.importorskip("transformer_lens")
+    pytest.importorskip("nnsight")
+    from iclft.bench_peers import TOOLS, format_peers, peak_memory, run_peers
+
+    result = run_peers("quick", memory=False, log=lambda _: None)
+    rows = result["rows"]
+    assert [(r["workload"], r["tool"]) for r in rows] == [(k, t) for k, ts in TOOLS.items() for t in ts]
+    for r in rows:
+        assert r["cpu_s"] > 0 and math.isfinite(r["vs_iclft"]), r
+        assert r["max_abs_diff"] < 1e-3, r
+    assert all(r["vs_iclft"] == 1 for r in rows if r["tool"] == "iclft")
+    assert "TransformerLens" in format_peers(rows)
+    assert math.isfinite(peak_memory("builtin", "quick", "patching", "iclft"))  # a fresh process reports it

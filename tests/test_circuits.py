@@ -169,3 +169,88 @@ def test_per_position_rows_do_not_depend_on_batch_size(method):
     many = method(model, fam, batch, batch_size=1, per_position=True)
     assert one.positions == many.positions
     np.testing.assert_allclose(many.delta, one.delta, rtol=1e-4, atol=1e-5)
+
+
+def _icl_pairs(n=4, prefix_len=10, seed=3):
+    """Pairs sharing a prefix (as ICL prompts share their demonstrations), differing after it."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        a = torch.randint(4, VOCAB, (prefix_len + 4 + i,), generator=g).tolist()
+        b = list(a)
+        b[prefix_len + 1] = (b[prefix_len + 1] + 7) % (VOCAB - 4) + 4
+        out.append((a, b, 5, 6))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "gpt_neox", "opt"])
+def test_default_batches_components_and_equals_one_per_pass(kind):
+    # The default budget puts several components in one forward pass on every device (CPU included); the deltas
+    # are those of one pass per component, for heads, MLPs and a whole site, with and without a shared prefix.
+    model = tiny_model(kind, VOCAB, seed=1)
+    fam = family_for(model.config)
+    comps = components(model, fam) + [Component("resid_post", 0), Component("attn.out", 1)]
+    calls = []
+    handle = model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        for pairs in (_pairs(4), _icl_pairs()):
+            batch = make_pairs(pairs, 0)
+            calls.clear()
+            batched = activation_patching(model, fam, batch, comps)
+            n_batched = len(calls)
+            calls.clear()
+            single = activation_patching(model, fam, batch, comps, max_tokens=1)
+            assert len(calls) == 3 + len(comps) > n_batched  # prefix + clean + corrupt, then one per component
+            np.testing.assert_allclose(batched.delta, single.delta, atol=1e-5)
+            np.testing.assert_allclose(single.ld_corrupt, patch_together(model, fam, batch, []), atol=1e-5)
+            for c, row in zip(comps, single.delta, strict=True):  # a full corrupted run with c patched
+                np.testing.assert_allclose(row, patch_together(model, fam, batch, [c]) - single.ld_corrupt,
+                                           atol=1e-5)
+    finally:
+        handle.remove()
+
+
+def test_patched_runs_start_at_the_patched_layer(llama):
+    # A patch at the last layer cannot change the blocks before it: they run only in the prefix, clean and
+    # corrupted runs, never in the patched ones, and are left with their own forward afterwards.
+    from iclft.models.families import blocks_of
+
+    model, fam = llama
+    blocks = blocks_of(model, fam)
+    last = len(blocks) - 1
+    calls = [0] * len(blocks)
+    handles = [b.get_submodule(fam.mlp).register_forward_pre_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+               for i, b in enumerate(blocks)]  # a block's MLP runs when the block computes, not when replayed
+    try:
+        comps = [c for c in components(model, fam) if c.layer == last]
+        activation_patching(model, fam, make_pairs(_icl_pairs(), 0), comps, max_tokens=1)
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls[:last] == [3] * last and calls[last] == 3 + len(comps)
+    assert all("forward" not in b.__dict__ for b in blocks)
+
+
+def test_agreement_counts_only_real_effects_as_rankable():
+    # The implicit study's attribution-vs-exhaustive agreement: over all units, and over the units whose largest
+    # exhaustive effect reaches RANK_MIN_EFFECT of the clean − corrupt LD difference (the others: noise).
+    import pandas as pd
+
+    from iclft.studies import implicit_patterns as IP
+
+    spec = IP.ImplicitSpec(families=("expression", "boolean"))
+    rng = np.random.default_rng(0)
+    rows = []
+    for fam, scale in (("expression", 0.5), ("boolean", 0.01)):  # real effects vs effects too small to rank
+        for seed in (0, 1):
+            for setting in IP.CIRCUIT_SETTINGS:
+                ex = scale * rng.standard_normal(9)
+                at = ex + 0.1 * scale * rng.standard_normal(9) if fam == "expression" else rng.permutation(ex)
+                rows += [{"family": fam, "seed": seed, "setting": setting, "layer": i // 3, "head": i % 3,
+                          "effect": ex[i], "effect_attr": at[i], "seconds_exh": 2.0, "seconds_attr": 1.0,
+                          "n_pairs": 4} for i in range(9)]
+    _, ag, _ = IP._circuits(pd.DataFrame(rows), spec)
+    assert (ag["n_units"], ag["n_rankable"], ag["min_effect"]) == (4, 2, IP.RANK_MIN_EFFECT)
+    assert ag["rankable"]["spearman"]["mean"] > 0.8 and ag["rankable"]["spearman_abs"]["mean"] > 0.5
+    assert ag["spearman"]["mean"] < ag["rankable"]["spearman"]["mean"]  # the noise units pull the overall down
+    assert ag["speedup"]["mean"] == pytest.approx(2.0)

@@ -24,16 +24,16 @@ from iclft.studies.dual_view import (
 )
 from iclft.sweep import run as run_registered
 from iclft.tasks.base import Example, Task
+from tests.conftest import copy_run
 
 KEYS = LAYER_METRICS + SCALAR_METRICS
 run = partial(run_registered, "dual")
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dual") / "run"
-    run(DualSpec(**QUICK), out)
-    return out
+def quick_run(quick_all, tmp_path_factory):
+    """The dual study of the session's `run all --quick` (the QUICK preset), copied: a test resumes it."""
+    return copy_run(quick_all / "dual", tmp_path_factory.mktemp("dual") / "run")
 
 
 def test_quick_run_writes_the_run_directory(quick_run):
@@ -133,23 +133,6 @@ def test_balanced_demos_and_disjoint_validation():
     assert sum(v.label == "positive" for v in val) == 5
     again = draw_demos(pool, 9, task.label_words, "balanced", random.Random(0))
     assert [d.input for d in again] == [d.input for d in demos]  # seeded order
-
-
-def test_dai_templates_offline_checks():
-    from iclft.models.toy import word_tokenizer
-    from iclft.prompts import PromptBuilder
-    from iclft.tasks.dai import DAI_DATASETS, dai_task
-
-    assert set(DAI_DATASETS) == {"sst2", "sst5", "mr", "subj", "agnews", "cb"}
-    for name, d in DAI_DATASETS.items():
-        assert "{input}" in d.template, name
-        assert len(set(d.label_words)) == len(d.label_words)
-        fake = Task(name=name, train=[Example("a", d.label_words[0])], test=[Example("b", d.label_words[0])],
-                    instruction=d.instruction, template=d.template, label_words=list(d.label_words))
-        word_tok = word_tokenizer([d.template], extra=d.label_words)
-        assert len(set(PromptBuilder(word_tok, fake).label_token_ids)) == len(d.label_words)
-    with pytest.raises(UserError, match="unknown Dai"):
-        dai_task("dai/nope")
 
 
 def test_each_seed_draws_its_own_queries():

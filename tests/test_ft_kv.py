@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from iclft.capture.prefix import record_attention
+from iclft.capture.attention import record_attention
 from iclft.models.families import blocks_of, family_for, get_module
 from iclft.tuning.ft_kv import FtKvSession, kv_parameters, lm_loss
 from tests.conftest import random_prompts

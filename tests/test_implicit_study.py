@@ -18,6 +18,7 @@ from iclft.models.toy import tiny_model
 from iclft.studies.common import load_spec, parse_sets
 from iclft.studies.implicit_patterns import PAPER, QUICK, ImplicitSpec, run_unit
 from iclft.sweep import run as run_registered
+from tests.conftest import copy_run
 
 VOCAB = 40
 run = partial(run_registered, "implicit")
@@ -49,11 +50,9 @@ def test_greedy_decode_batched_equals_one_by_one():
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("implicit") / "run"
-    spec = ImplicitSpec(**QUICK)
-    run(spec, out)
-    return spec, out
+def quick_run(quick_all, tmp_path_factory):
+    """The implicit study of the session's `run all --quick` (the QUICK preset), copied: a test resumes it."""
+    return ImplicitSpec(**QUICK), copy_run(quick_all / "implicit", tmp_path_factory.mktemp("implicit") / "run")
 
 
 def _ci_ok(d):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from iclft.capture import capture, site_names
-from iclft.capture.prefix import capture_prefixed, record_attention
+from iclft.capture.attention import record_attention
 from iclft.models.families import blocks_of, family_for
 from iclft.models.toy import TINY_CONFIGS
 from iclft.prompts import PromptBuilder
@@ -29,7 +29,7 @@ def test_prefix_reuse_equals_full_recomputation(kind, tiny_models, tok):
     sites = site_names(n_layers, SITES)
     full = capture(model, fam, [prefix + s for s in suffixes], sites, pad_id=tok.pad_token_id, batch_size=3,
                    logits=True)
-    got = capture_prefixed(model, fam, prefix, suffixes, sites, pad_id=tok.pad_token_id, batch_size=3, logits=True)
+    got = capture(model, fam, suffixes, sites, prefix=prefix, pad_id=tok.pad_token_id, batch_size=3, logits=True)
     torch.testing.assert_close(got.logits, full.logits, atol=1e-4, rtol=0)
     for s in sites:
         if s.endswith("attn.scores"):
@@ -46,7 +46,7 @@ def test_last_token_query_equals_full_recomputation(kind, tiny_models, tok):
     fam = family_for(model.config)
     prefix, suffixes = _prefix_and_suffixes(len(tok), seed=2, n=5)
     sites = ["blocks.0.attn.q", "blocks.1.attn.q"]
-    got = capture_prefixed(model, fam, prefix, suffixes, sites, pad_id=tok.pad_token_id, batch_size=2)
+    got = capture(model, fam, suffixes, sites, prefix=prefix, pad_id=tok.pad_token_id, batch_size=2)
     for i, suf in enumerate(suffixes):
         with torch.no_grad(), record_attention(model, fam, [0, 1]) as rec:
             model(torch.tensor([prefix + suf]))
@@ -60,12 +60,16 @@ def test_empty_prefix_and_batch_order(tiny_models, tok):
     fam = family_for(model.config)
     _, suffixes = _prefix_and_suffixes(len(tok), seed=3)
     sites = ["blocks.2.resid_post"]
-    a = capture_prefixed(model, fam, [], suffixes, sites, pad_id=tok.pad_token_id, batch_size=4, logits=True)
+    a = capture(model, fam, suffixes, sites, prefix=[], pad_id=tok.pad_token_id, batch_size=4, logits=True)
     b = capture(model, fam, suffixes, sites, pad_id=tok.pad_token_id, batch_size=1, logits=True)
     torch.testing.assert_close(a.logits, b.logits, atol=1e-4, rtol=0)
     torch.testing.assert_close(a.acts[sites[0]], b.acts[sites[0]], atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="unknown hook site"):
-        capture_prefixed(model, fam, [5], [[6]], ["blocks.0.attn"], pad_id=0)
+        capture(model, fam, [[6]], ["blocks.0.attn"], prefix=[5], pad_id=0)
+    with pytest.raises(ValueError, match="last token only"):
+        capture(model, fam, [[6]], sites, prefix=[5], pad_id=0, last=False)
+    with pytest.raises(ValueError, match="at least one token"):
+        capture(model, fam, [[6], []], sites, prefix=[5], pad_id=0)
     assert model.config._attn_implementation == "sdpa"
 
 
@@ -95,7 +99,7 @@ def test_captured_position_is_the_token_before_the_label(kind, tiny_models, tok)
     cap = capture(model, fam, [prompt.ids], [], pad_id=tok.pad_token_id, logits=True)
     torch.testing.assert_close(cap.logits[0], want, atol=1e-4, rtol=0)
     start = prompt.query_span[0]
-    pre = capture_prefixed(model, fam, prompt.ids[:start], [prompt.ids[start:]], [], pad_id=tok.pad_token_id,
-                           logits=True)
+    pre = capture(model, fam, [prompt.ids[start:]], [], prefix=prompt.ids[:start], pad_id=tok.pad_token_id,
+                  logits=True)
     torch.testing.assert_close(pre.logits[0], want, atol=1e-4, rtol=0)
     assert not torch.allclose(pre.logits[0], logits[len(prompt)], atol=1e-3)  # not the first label token

@@ -68,6 +68,30 @@ def test_new_site_is_one_row(tiny_models, tok, monkeypatch):
             torch.testing.assert_close(again, cap.acts[f"blocks.{layer}.mlp.out"], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_new_attention_site_is_one_row(kind, tiny_models, tok, monkeypatch):
+    # the key at each kept query position (after RoPE, per query head), read from the attention recorder: the
+    # row says what the recorder must keep and how to read it; capture needs nothing else
+    from iclft.capture.attention import record_attention
+
+    row = S.Site("attn.k", "attn", "attention", heads=True, record=("keys",),
+                 read=lambda rec, layer: rec.keys[layer].transpose(1, 2)[:, -rec.queries[layer].shape[2]:])
+    monkeypatch.setitem(S.SITES, "attn.k", row)
+    model = tiny_models[kind]
+    fam = family_for(model.config)
+    prompts = random_prompts(4, len(tok), seed=6)
+    last = capture(model, fam, prompts, ["blocks.1.attn.k"], pad_id=tok.pad_token_id, batch_size=3)
+    every = capture(model, fam, prompts, ["blocks.1.attn.k"], pad_id=tok.pad_token_id, batch_size=3, last=False)
+    for i, p in enumerate(prompts):
+        with torch.no_grad(), record_attention(model, fam, [1], keys=True) as rec:
+            model(torch.tensor([p]))
+        want = rec.keys[1][0].transpose(0, 1)  # (len, heads, d_head)
+        torch.testing.assert_close(every.acts["blocks.1.attn.k"][i], want, atol=1e-5, rtol=0)
+        torch.testing.assert_close(last.acts["blocks.1.attn.k"][i], want[-1], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="needs `read`"):
+        S.Site("attn.v", "attn", "attention")
+
+
 def test_bad_sites_are_rejected():
     with pytest.raises(ValueError, match="unknown hook site"):
         S.parse(["blocks.0.attn.nope"], 2)

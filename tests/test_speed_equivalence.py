@@ -19,7 +19,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from iclft.capture import capture
-from iclft.capture.prefix import cache_of, capture_prefixed, prefix_cache
+from iclft.capture.prefix import cache_of, prefix_cache
 from iclft.circuits.patching import activation_patching, components, make_pairs, patch_together
 from iclft.models.families import family_for
 from iclft.models.toy import tiny_model
@@ -309,7 +309,7 @@ def test_copy_free_prefix_cache(kind):
     assert torch.equal(got, ref) and torch.equal(again, ref)
     assert all(torch.equal(k, k0) and torch.equal(v, v0) for (k, v), (k0, v0) in zip(kv, saved, strict=True))
     # and the whole prefixed capture still equals full recomputation
-    cap = capture_prefixed(model, fam, prefix, [[31, 32], [33, 34, 35]], [], pad_id=0, logits=True)
+    cap = capture(model, fam, [[31, 32], [33, 34, 35]], [], prefix=prefix, pad_id=0, logits=True)
     full = capture(model, fam, [prefix + [31, 32], prefix + [33, 34, 35]], [], pad_id=0, logits=True)
     torch.testing.assert_close(cap.logits, full.logits, atol=1e-4, rtol=0)
 

@@ -5,6 +5,7 @@ tokenizer does not know."""
 import json
 import random
 import re
+from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
@@ -98,3 +99,25 @@ def test_a_label_word_the_tokenizer_does_not_know_is_refused(tmp_path):
     with pytest.raises(UserError, match=r"label word 'zzqxa' is not in the tokenizer's vocabulary \(it tokenizes to "
                                         r"<unk>\)"):
         STUDIES["dual"].setup(STUDIES["dual"].spec(**{**STUDIES["dual"].presets["quick"], "task": task}))
+
+
+def test_a_task_file_edited_between_two_runs_is_not_resumed(tmp_path, short_model):
+    """A resume must not mix shards computed on other examples: the task file and the data file it names are part
+    of the run's identity, like the model weights."""
+    from iclft.sweep import run
+
+    data = Path(_task_file(tmp_path / "rows.jsonl"))
+    task = tmp_path / "task.yaml"
+    task.write_text("data: rows.jsonl\ntemplate: 'Text: {input}\\nLabel: {label}'\n")
+    spec, out = _dual(short_model, str(task), 2), tmp_path / "run"
+    run("dual", spec, out)
+    ident = json.loads((out / "identity.json").read_text())
+    assert set(ident["task_sha256"]) == {str(task), str(data)}
+    for edited, text in ((data, data.read_text().replace("positive", "negative", 1)),
+                         (task, task.read_text().replace("Label:", "Class:"))):
+        original = edited.read_text()
+        edited.write_text(text)
+        with pytest.raises(UserError, match="task file contents"):
+            run("dual", spec, out)
+        edited.write_text(original)
+    run("dual", spec, out)  # the same files again: the finished run resumes

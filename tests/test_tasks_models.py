@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -38,9 +39,15 @@ def test_custom_jsonl_and_csv(tmp_path):
         get_task(str(bad))
 
 
-def test_hub_tasks_fail_with_one_clear_error_offline():
-    for name in ("glue/sst2", "dai/mr"):
-        with pytest.raises(UserError):
+def test_hub_tasks_fail_with_one_clear_error_offline(monkeypatch):
+    # a stand-in `datasets` that fails as it does offline (without the minute of retries a real one takes)
+    def offline(*args, **kwargs):
+        raise ConnectionError(f"Couldn't reach '{args[0]}' on the Hub (LocalEntryNotFoundError)\nmore detail")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=offline))
+    for name, shown in (("glue/sst2", "glue/sst2"), ("dai/mr", "rotten_tomatoes")):
+        with pytest.raises(UserError, match=f"^cannot load dataset '{shown}' \\(offline\\? no cached copy\\?\\): "
+                           "Couldn't reach .* on the Hub \\(LocalEntryNotFoundError\\)$"):
             get_task(name)
 
 

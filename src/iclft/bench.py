@@ -13,6 +13,7 @@ Each `bench_*` function runs one comparison on one model and returns a row (a di
 from a config (`deep_model`: 24 layers x 16 heads by default, so that per-component patching has 408
 components), and `format_table` prints the rows side by side. `iclft bench` is the command line.
 Ratios are what count: both ways of a row run in the same process, interleaved, on the same inputs.
+`iclft bench --peers` (`iclft.bench_peers`) sets iclft next to HF, TransformerLens and nnsight instead.
 """
 
 from __future__ import annotations
@@ -241,7 +242,6 @@ def bench_prefix_cache(loaded: Loaded, *, queries: int = 32, k: int = 32, batch:
     """The dual-view study's capture (attn.out, attn.scores at every layer, logits) of `queries` prompts that
     share k demonstrations: the shared prefix run once and its KV cache reused, vs full recomputation."""
     from iclft.capture import capture, site_names
-    from iclft.capture.prefix import capture_prefixed
     from iclft.prompts import PromptBuilder
     from iclft.studies.dual_view import demo_pool, draw_demos
     from iclft.tasks import get_task
@@ -261,9 +261,9 @@ def bench_prefix_cache(loaded: Loaded, *, queries: int = 32, k: int = 32, batch:
         return capture(model, fam, [p.ids for p in prompts], sites, pad_id=pad, batch_size=batch, logits=True)
 
     def cached():
-        return capture_prefixed(model, fam, prefix, suffixes, sites, pad_id=pad, batch_size=batch, logits=True)
+        return capture(model, fam, suffixes, sites, prefix=prefix, pad_id=pad, batch_size=batch, logits=True)
 
-    capture_prefixed(model, fam, prefix[:8], [s[:4] for s in suffixes[:2]], sites, pad_id=pad, logits=True)  # warm
+    capture(model, fam, [s[:4] for s in suffixes[:2]], sites, prefix=prefix[:8], pad_id=pad, logits=True)  # warm
     t_full, a, t_cached, b = side_by_side(full, cached, slow_repeats or repeats, repeats)
     err = _max_diff(a.logits, b.logits)
     for s in sites:

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
-import os
 import sys
 from pathlib import Path
 
 import typer
 
 from iclft import UserError, quiet_libraries
-
-# Idle OpenMP threads sleep instead of spinning: on a small shared CPU, spinning threads slow torch badly.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# Tokenizers used before a fork (sweep executors) would otherwise warn and disable their threads anyway.
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from iclft.api import build_specs, make_runner, run_dirs, study_dirs  # (sets the process's thread defaults)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Does ICL change a model the way fine-tuning does?")
 models_app = typer.Typer(no_args_is_help=True, help="List, inspect and evaluate models.")
@@ -73,43 +67,11 @@ def run(
 ):
     """Run a study into OUT: records.parquet, summary.json, figures/, report.html, manifest.json."""
     _setup_logging()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} is a file, not a directory")
-    # every study's spec is checked, and every study set up, before the first unit of any study runs
-    specs = _specs(study, spec, quick, preset, sets, dict(model=model, seeds=seeds, pad_token=pad_token))
-    if executor == "local" and workers is None:
-        on_cpu = all(s.device == "cpu" for s in specs.values())
-        workers = 2 if on_cpu and (os.cpu_count() or 1) >= 2 else 1
-    runner = _executor(executor, ray_address, workers, gpus_per_worker, retries)
-    from iclft import rundir
-    from iclft.registry import STUDIES
-    from iclft.studies.protocol import prepare
-    from iclft.sweep import run_cells
+    from iclft.studies.common import parse_sets
 
-    remote = executor != "local"
-    with rundir.open_root(out, "run all") if study == "all" else contextlib.nullcontext():
-        cells = [prepare(STUDIES[name], s, out / name if study == "all" else out, keep_context=not remote)
-                 for name, s in specs.items()]
-        for cell in cells:  # one start banner per study instead of the libraries' unlabelled bars
-            info = cell.info
-            typer.echo(f"{cell.study.name}: model {info.get('model')} ({info.get('family')}, "
-                       f"{info.get('n_params', 0):,} parameters, {cell.spec.device}), {len(cell.units)} units, "
-                       f"preset {cell.spec.preset} -> {cell.out}", err=True)
-        paths = run_cells(cells, runner)
-        if study == "all":
-            from iclft.report.index import write_index
-
-            typer.echo(f"report: {write_index(out, dict(zip(specs, paths, strict=True)))}")
-            return
-    typer.echo(f"report: {paths[0] / 'report.html'}")
-
-
-def _executor(name: str, address: str | None, workers: int | None, gpus: float, retries: int):
-    from iclft.sweep.executors import make_executor
-
-    if name == "local" and (address or gpus):
-        raise UserError("--ray-address and --gpus-per-worker need --executor ray")
-    return make_executor(name, address=address, workers=workers, gpus_per_worker=gpus, retries=retries)
+    dirs = run_dirs(study, out, spec, preset, quick, dict(model=model, seeds=seeds, pad_token=pad_token),
+                    parse_sets(sets or []), executor, ray_address, workers, gpus_per_worker, retries)
+    typer.echo(f"report: {out / 'report.html' if study == 'all' else dirs[study] / 'report.html'}")
 
 
 @app.command()
@@ -128,7 +90,7 @@ def sweep(
     _setup_logging()
     from iclft.sweep.plan import run_sweep
 
-    runner = _executor(executor, ray_address, workers, gpus_per_worker, retries)
+    runner = make_runner(executor, ray_address, workers, gpus_per_worker, retries)
     typer.echo(f"report: {run_sweep(sweep_file, out, runner, quick=quick)}")
 
 
@@ -167,50 +129,47 @@ def spec_command(
         typer.echo(spec_yaml(specs[study]), nl=False)
 
 
-def _specs(study: str, spec_path: Path | None, quick: bool, preset: str, sets: list[str] | None,
-           options: dict | None = None) -> dict:
-    """{study name: effective spec}: every study for "all" (each from its section of the file), else one."""
-    from iclft.registry import STUDIES
-    from iclft.studies import PRESETS
-    from iclft.studies.common import load_spec, merge, parse_sets
+def _specs(study: str, spec_path: Path | None, quick: bool, preset: str, sets: list[str] | None) -> dict:
+    from iclft.studies.common import parse_sets
 
-    if study != "all" and study not in STUDIES:
-        raise UserError(f"unknown study {study!r}; choose one of {', '.join(STUDIES)}, all")
-    names = list(STUDIES) if study == "all" else [study]
-    if preset not in PRESETS:
-        raise UserError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    preset = "quick" if quick else preset
-    overrides = merge({k: v for k, v in (options or {}).items() if v is not None}, parse_sets(sets or []))
-    return {name: load_spec(STUDIES[name].spec, spec_path, overrides, preset=STUDIES[name].presets.get(preset),
-                            section=name if study == "all" else None, sections=list(STUDIES)) for name in names}
+    return build_specs(study, spec_path, preset, quick, fields=parse_sets(sets or []))
 
 
 @app.command()
 @user_errors
-def report(run_dir: Path = typer.Argument(..., help="a finished run directory")):
+def report(run_dir: Path = typer.Argument(..., help="a finished run directory"),
+           png: bool = typer.Option(False, "--png", help="also write each figure as a 300 dpi PNG beside its SVG "
+                                    "(figures/*.png; the page shows the SVG)")):
     """Re-render report.html (and figures) of a run directory from its records and summary."""
     _setup_logging()
-    from iclft.registry import STUDIES, rerender
+    from iclft.registry import rerender
+    from iclft.report.figures import png_too
 
-    subs = {name: run_dir / name for name in STUDIES if (run_dir / name / "summary.json").is_file()}
-    if not (run_dir / "summary.json").is_file() and subs:  # a `run all` directory: every study, then the index
-        from iclft.report.index import write_index
+    subs = study_dirs(run_dir)
+    with png_too(png):
+        if not (run_dir / "summary.json").is_file() and subs:  # a `run all` directory: every study, then the index
+            from iclft.report.index import write_index
 
-        for path in subs.values():
-            rerender(path)
-        typer.echo(f"report: {write_index(run_dir, subs)}")
-        return
-    typer.echo(f"report: {rerender(run_dir)}")
+            for path in subs.values():
+                rerender(path)
+            typer.echo(f"report: {write_index(run_dir, subs)}")
+            return
+        typer.echo(f"report: {rerender(run_dir)}")
 
 
 @app.command()
 @user_errors
-def tasks():
-    """List the tasks iclft knows."""
-    from iclft.tasks import TASKS
+def tasks(name: str | None = typer.Argument(None, help="a task name or task file to check and show")):
+    """List the tasks iclft knows (name, description [source]); with NAME, load that task and show its config, split
+    sizes and a prompt."""
+    from iclft.tasks import TASKS, describe
 
+    if name is not None:
+        for part in describe(name):  # the config first: shown even when loading the task then fails
+            typer.echo(part)
+        return
     for entry in TASKS.values():
-        typer.echo(f"{entry.shown:36s} {entry.help}")
+        typer.echo(f"{entry.shown:24s} {entry.help}")
 
 
 @models_app.command("list")
@@ -275,17 +234,27 @@ def pretrain(
 @user_errors
 def bench(
     quick: bool = typer.Option(False, "--quick", help="small sizes and a small deep model: a smoke test"),
+    peers: bool = typer.Option(False, "--peers", help="iclft next to HF, TransformerLens and nnsight (capture, "
+                               "head patching, shared-prefix scoring); needs iclft\\[bench]"),
     out: Path | None = typer.Option(None, "--out", help="also save the table (rows, sizes, models) as JSON"),
 ):
     """Every fast path vs the slow way it replaces, measured side by side in one run: one table of ratios."""
     _setup_logging()
     import json
 
-    from iclft.bench import format_table, run_bench
+    if peers:
+        from iclft.bench_peers import format_peers, require_peers, run_peers
 
-    result = run_bench("quick" if quick else "default", log=typer.echo)
-    typer.echo(f"torch {result['torch']}, {result['torch_threads']} thread(s), total {result['wall_s']:.0f} s\n")
-    typer.echo(format_table(result["rows"]))
+        require_peers()
+        result = run_peers("quick" if quick else "default", log=typer.echo)
+        typer.echo(f"{result['versions']}, {result['torch_threads']} thread(s), total {result['wall_s']:.0f} s\n")
+        typer.echo(format_peers(result["rows"]))
+    else:
+        from iclft.bench import format_table, run_bench
+
+        result = run_bench("quick" if quick else "default", log=typer.echo)
+        typer.echo(f"torch {result['torch']}, {result['torch_threads']} thread(s), total {result['wall_s']:.0f} s\n")
+        typer.echo(format_table(result["rows"]))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2))

@@ -13,6 +13,7 @@ Every file is written atomically (a temporary file renamed into place), so a kil
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -97,9 +98,18 @@ def spec_yaml(spec: BaseModel) -> str:
     return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
 
 
-def identity(model_info: dict) -> dict:
-    return {"iclft_version": iclft.__version__, "model": model_info.get("model"),
-            "model_sha256": model_info.get("model_sha256"), "stand_in": model_info.get("builtin_stand_in")}
+def identity(model_info: dict, spec: BaseModel | None = None) -> dict:
+    """What a resume must share with the run it continues besides the spec: iclft version, model weights, and the
+    contents of task files named by the spec (a task file edited between two runs would otherwise mix results)."""
+    ident = {"iclft_version": iclft.__version__, "model": model_info.get("model"),
+             "model_sha256": model_info.get("model_sha256"), "stand_in": model_info.get("builtin_stand_in")}
+    from iclft.tasks import task_files
+
+    names = [getattr(spec, f) for f in ("task", "control_task") if isinstance(getattr(spec, f, None), str)]
+    files = {str(p): sha256_file(p) for name in names for p in task_files(name) if p.is_file()}
+    if files:  # only then: a run on a built-in task keeps the identity it always had
+        ident["task_sha256"] = files
+    return ident
 
 
 LOCK = ".lock"
@@ -172,8 +182,8 @@ def open_run(out: Path, spec: BaseModel, ident: dict | None = None):
                     raise UserError(f"{str(out)!r} holds a run with a different spec; choose another --out")
                 old_ident = out / "identity.json"
                 if old_ident.is_file() and old_ident.read_text(encoding="utf-8").strip() != ident_text:
-                    raise UserError(f"{str(out)!r} was started by another iclft version or model weights; "
-                                    "choose another --out")
+                    raise UserError(f"{str(out)!r} was started by another iclft version, model weights or task "
+                                    "file contents; choose another --out")
             elif _entries(out):
                 raise UserError(f"{str(out)!r} exists and is not an iclft run directory")
             atomic_write_text(out / "spec.yaml", text)
@@ -307,9 +317,31 @@ FINISHED_FILES = ("spec.yaml", "identity.json", "records.parquet", "summary.json
 
 
 def write_finished(out: Path) -> None:
-    """Checksums of the files a report is rendered from, written after all of them."""
+    """Checksums of the files a report is rendered from, and of the code that rendered it, written after all."""
     out = Path(out)
-    atomic_write_json(out / FINISHED, {"sha256": {f: sha256_file(out / f) for f in FINISHED_FILES}})
+    atomic_write_json(out / FINISHED, {"sha256": {f: sha256_file(out / f) for f in FINISHED_FILES},
+                                       "code_sha256": code_sha256()})
+
+
+@functools.cache
+def code_sha256() -> str:
+    """SHA-256 over the running iclft's source (every .py file and the metric definitions reports ship): a rerun
+    that computes nothing leaves a finished run's files alone only if the same code wrote them (a version number
+    stays put while a checkout changes)."""
+    root = Path(iclft.__file__).parent
+    h = hashlib.sha256()
+    for path in sorted([*root.rglob("*.py"), root / "report" / "METRICS.md"]):
+        if path.is_file():
+            h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def finished_by_this_code(out: Path) -> bool:
+    """Whether OUT's finished.json was written by the running code (see code_sha256)."""
+    try:
+        return json.loads((Path(out) / FINISHED).read_text(encoding="utf-8")).get("code_sha256") == code_sha256()
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def check_finished(out: Path) -> None:
@@ -340,6 +372,26 @@ def write_examples(out: Path, examples: dict[str, list[list[str]]]) -> None:
     atomic_write_json(Path(out) / "examples.json", examples)
 
 
+def code_commit() -> str | None:
+    """The git commit of the running iclft source ("-dirty" with uncommitted changes), or None for an install that
+    is not iclft's own checkout (a wheel; a venv inside some other repository) or without git."""
+    import subprocess
+
+    src = Path(__file__).resolve().parent
+
+    def git(*args):
+        proc = subprocess.run(["git", "-C", str(src), *args], capture_output=True, text=True, timeout=10)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    try:
+        top = git("rev-parse", "--show-toplevel")
+        if not top or Path(top).resolve() / "src" / "iclft" != src:
+            return None
+        return git("describe", "--always", "--dirty", "--abbrev=12", "--exclude=*") or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def manifest(spec, model_info: dict, started: float, extra: dict | None = None) -> dict:
     import torch
 
@@ -351,6 +403,7 @@ def manifest(spec, model_info: dict, started: float, extra: dict | None = None) 
             versions[pkg] = None
     return {
         "iclft_version": iclft.__version__,
+        "iclft_commit": code_commit(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "versions": versions,

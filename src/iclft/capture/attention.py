@@ -68,11 +68,10 @@ class AttentionRecord:
         self.q_in.clear()
         self.q_norm_shape.clear()
 
-    def scores_last(self, layer: int) -> torch.Tensor:
-        """Pre-softmax, pre-mask q·k·scale (soft-capped where the model caps it) of the last query position:
-        (batch, heads, n_keys), float32."""
-        q = self.queries[layer][:, :, -1]
-        s = torch.einsum("bhd,bhkd->bhk", q.float(), self.keys[layer].float()) * self.scaling[layer]
+    def scores(self, layer: int) -> torch.Tensor:
+        """Pre-softmax, pre-mask q·k·scale (soft-capped where the model caps it) of the recorded query positions:
+        (batch, heads, q_len, n_keys), float32; one product for the whole batch."""
+        s = torch.matmul(self.queries[layer].float(), self.keys[layer].float().transpose(-1, -2)) * self.scaling[layer]
         cap = self.softcap.get(layer)
         return s if cap is None else torch.tanh(s / cap) * cap
 

@@ -1,23 +1,38 @@
+"""The one capture path: token-id prompts through a model in length-sorted, left-padded batches, the asked-for
+sites kept (at the last token or every position), detached, on the CPU.
+
+With `prefix=` the tokens every prompt starts with run once (batch 1, `use_cache=True`) and each batch of
+suffixes runs on top of a copy-free view of that KV cache, padded [prefix | pad .. pad | suffix] with the
+padding masked out and position ids continuing from the prefix: each prompt sees exactly the positions it would
+alone, and the result is laid out as for the full prompts `prefix + suffix` (attn.scores over the prompt's
+non-padding keys, prefix keys first). The dual-view study shows every query of a seed after the same
+demonstrations: the demonstrations are the prefix.
+
+What a site is and how its tensor is read is its row in `iclft.capture.sites.SITES`; nothing here knows a site
+by name.
+"""
+
 from __future__ import annotations
 
 import contextlib
-import inspect
 from dataclasses import dataclass, field
 
 import torch
 
 from iclft.capture import sites as S
+from iclft.capture.attention import record_attention
+from iclft.capture.prefix import cache_of, keep_last, prefix_cache
 from iclft.models.families import Family, blocks_of, n_heads
-from iclft.prompts.batching import length_batches, pad_left
+from iclft.prompts.batching import length_batches, pad_after_prefix
 
 
 @dataclass
-class Capture:
-    """Captured activations for n prompts, in the order given.
+class Cache:
+    """Captured activations for n prompts, in the order given: `cache[site]`, `cache.keys()`, `cache.stack(kind)`.
 
-    last=True:  acts[site] is a tensor (n, d) — (n, heads, d_head) for a per-head site (attn.z, attn.q),
+    Last token: cache[site] is a tensor (n, d) — (n, heads, d_head) for a per-head site (attn.z, attn.q),
                 or for attn.scores a list of (heads, keys_i) tensors over the prompt's non-padding positions.
-    last=False: acts[site] is a list of (len_i, d) tensors ((len_i, heads, d_head) per head; attn.scores:
+    All positions: cache[site] is a list of (len_i, d) tensors ((len_i, heads, d_head) per head; attn.scores:
                 (len_i, heads, len_i)).
     logits:     (n, vocab) next-token logits at the last token, float32, if asked for.
     """
@@ -25,8 +40,24 @@ class Capture:
     acts: dict[str, object] = field(default_factory=dict)
     logits: torch.Tensor | None = None
 
-    def stack(self, kind: str, n_layers: int) -> torch.Tensor:
-        """(n, n_layers, d) for a last-token site kind, e.g. "resid_post"."""
+    def __getitem__(self, site: str):
+        return self.acts[site]
+
+    def __contains__(self, site: str) -> bool:
+        return site in self.acts
+
+    def keys(self):
+        return self.acts.keys()
+
+    def stack(self, kind: str, n_layers: int | None = None) -> torch.Tensor:
+        """(n, layers, ...) of a last-token site kind, e.g. "resid_post", over layers 0 .. n_layers - 1 (default:
+        every layer captured for that kind, which must then be 0 .. L - 1)."""
+        if n_layers is None:
+            layers = sorted(int(name.split(".")[1]) for name in self.acts
+                            if name.startswith("blocks.") and name.split(".", 2)[2] == kind)
+            if not layers or layers != list(range(len(layers))):
+                raise KeyError(f"stack({kind!r}) needs {kind} captured at layers 0 .. L - 1; have {layers}")
+            n_layers = len(layers)
         return torch.stack([self.acts[f"blocks.{layer}.{kind}"] for layer in range(n_layers)], dim=1)
 
 
@@ -41,106 +72,97 @@ def capture(
     batch_size: int = 16,
     last: bool = True,
     logits: bool = False,
-) -> Capture:
-    """Run `prompts` (token id lists) through `model` in length-sorted, left-padded batches."""
+    prefix: list[int] | None = None,
+) -> Cache:
+    """Run `prefix + p` for p in `prompts` (token id lists) through `model` and keep `sites` (`blocks.{l}.{kind}`).
+
+    prefix: tokens every prompt starts with, run once (last token only); `prompts` are then what follows it.
+    """
     if not prompts:
         raise ValueError("no prompts to capture")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token after the prefix (the prompt's last token)")
+    prefix = list(prefix or [])
+    if prefix and not last:
+        raise ValueError("a shared prefix is captured at the last token only")
     blocks = blocks_of(model, family)
     parsed = S.parse(sites, len(blocks))
     heads = n_heads(model.config)
-
     device = next(model.parameters()).device
-    head_kw = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    batches = length_batches(prompts, batch_size)
-    order = [i for idx in batches for i in idx]
-    per_batch: dict[str, list] = {s: [] for s, _, _ in parsed}
-    batch_logits = []
-    recorded = {layer for _, layer, site in parsed if site.hook == "attention"}
-    want_keys = any(site.kind == "attn.scores" for _, _, site in parsed)
+    n_prefix = len(prefix)
 
-    hooks = []
     current: dict[str, torch.Tensor] = {}
-    current_shape: list[int] = []
+    shape: list[int] = []
 
     def keep(name, site):
         def fn(t):
             if t.dim() == 2:  # OPT runs its MLP on (batch*seq, d)
-                t = t.view(*current_shape, -1)
+                t = t.view(*shape, -1)
             if site.heads:
                 t = S.split_heads(t, heads)
-            current[name] = (t[:, -1] if last else t).detach()
+            current[name] = (t[:, -1:] if last else t).detach()
 
         return fn
 
-    from iclft.capture.attention import record_attention
-
-    pre_rope = any(site.kind == "attn.q_pre" for _, _, site in parsed)
-    ctx = (record_attention(model, family, recorded, last_only=last, keys=want_keys, pre_rope=pre_rope) if recorded
+    kv = prefix_cache(model, prefix)  # before any hook or recorder: the prefix needs no recording
+    recorded = {layer for _, layer, site in parsed if site.hook == "attention"}
+    flags = {flag: True for _, _, site in parsed for flag in site.record}
+    ctx = (record_attention(model, family, recorded, last_only=last, **flags) if recorded
            else contextlib.nullcontext())
+    got: dict[str, list] = {name: [None] * len(prompts) for name, _, _ in parsed}
+    all_logits: list = [None] * len(prompts)
+    hooks = []
     try:
         for name, layer, site in parsed:
             if site.hook != "attention":
                 hooks.append(S.hook(model, family, layer, site, keep(name, site), blocks))
         with ctx as rec:
-            for idx in batches:
+            for idx in length_batches(prompts, batch_size):
                 seqs = [prompts[i] for i in idx]
-                ids, mask, pos = pad_left(seqs, pad_id, device)
-                current.clear()
-                current_shape[:] = ids.shape
-                # the LM head only at the last position: logits are only ever read there
-                out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, **head_kw)
-                if logits:
-                    batch_logits.append(out.logits[:, -1].float().cpu())
-                lens = [len(s) for s in seqs]
+                ids, mask, pos = pad_after_prefix(seqs, n_prefix, pad_id, device)
                 width = ids.shape[1]
+                current.clear()
+                shape[:] = ids.shape
+                if rec is not None:
+                    rec.clear()
+                # the LM head only at the last position: logits are only ever read there
+                kw = (dict(past_key_values=cache_of(model, kv, len(idx)), use_cache=True) if kv is not None
+                      else dict(use_cache=False))
+                out = model(input_ids=ids, attention_mask=mask, position_ids=pos, **kw, **keep_last(model))
+                if logits:
+                    for j, row in zip(idx, out.logits[:, -1].float().cpu(), strict=True):
+                        all_logits[j] = row
+                lens = [len(s) for s in seqs]
                 for name, layer, site in parsed:
-                    if site.kind == "attn.scores":
-                        t = _scores(rec, layer)
-                    elif site.kind in ("attn.q", "attn.q_pre"):
-                        q = (rec.queries if site.kind == "attn.q" else rec.queries_pre)[layer]  # (b, h, len, d)
-                        t = q[:, :, -1] if last else q.transpose(1, 2)
-                    else:
-                        t = current[name]
-                    per_batch[name].append(_split(t, site.kind, lens, width, last))
+                    # (batch, positions, ...): the kept positions of the padded suffixes
+                    t = site.read(rec, layer) if site.hook == "attention" else current[name]
+                    for j, x in zip(idx, _per_prompt(t.float().cpu(), lens, width, n_prefix, site.over_keys, last),
+                                    strict=True):
+                        got[name][j] = x
     finally:
         for h in hooks:
             h.remove()
 
-    inverse = [0] * len(order)
-    for pos_, i in enumerate(order):
-        inverse[i] = pos_
-    result = Capture()
+    result = Cache()
     for name, _, site in parsed:
-        flat = [x for chunk in per_batch[name] for x in chunk]
-        flat = [flat[inverse[i]] for i in range(len(prompts))]
-        if last and site.kind != "attn.scores":
-            result.acts[name] = torch.stack(flat)
-        else:
-            result.acts[name] = flat
+        result.acts[name] = torch.stack(got[name]) if last and not site.over_keys else got[name]
     if logits:
-        result.logits = torch.cat(batch_logits)[inverse]
+        result.logits = torch.stack(all_logits)
     return result
 
 
-def _scores(rec, layer: int) -> torch.Tensor:
-    """q·k·scale (soft-capped like the model) from the recorded queries and keys: (batch, heads, q_len, keys),
-    float32."""
-    q, k = rec.queries[layer].float(), rec.keys[layer].float()
-    s = torch.matmul(q, k.transpose(-1, -2)) * rec.scaling[layer]
-    cap = rec.softcap.get(layer)
-    return s if cap is None else torch.tanh(s / cap) * cap
-
-
-def _split(t: torch.Tensor, kind: str, lens: list[int], width: int, last: bool) -> list[torch.Tensor]:
-    """Per-prompt CPU tensors with the left padding removed."""
+def _per_prompt(t: torch.Tensor, lens: list[int], width: int, n_prefix: int, over_keys: bool,
+                last: bool) -> list[torch.Tensor]:
+    """Per prompt, the left padding removed: from positions (all) and, for a site over key positions, from the
+    keys (which are [prefix | pad .. pad | suffix])."""
     out = []
     for i, n in enumerate(lens):
-        if kind == "attn.scores":
-            s = t[i][:, :, width - n:]  # (h, q, keys)
-            s = s[:, -1] if last else s[:, width - n:].permute(1, 0, 2)
-            out.append(s.float().cpu())
-        elif last:
-            out.append(t[i].float().cpu())
-        else:
-            out.append(t[i, width - n:].float().cpu())
+        x = t[i, -1] if last else t[i, width - n:]
+        if over_keys:
+            x = torch.cat([x[..., :n_prefix], x[..., n_prefix + width - n:]], dim=-1) if n_prefix \
+                else x[..., width - n:]
+        out.append(x)
     return out
+
+
+__all__ = ["Cache", "capture"]

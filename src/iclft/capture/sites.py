@@ -2,9 +2,10 @@
 
 Each row of SITES says, declaratively, which module of block l carries the site (a path attribute of the
 family's row in `iclft.models.families`, so the module is never guessed), whether the site is that
-module's output or its (first positional) input, or what the attention recorder keeps, and whether the
-last dimension splits into heads. Capture, prefix capture, patching and head supervision all resolve
-sites here; a new site is one new row.
+module's output or its (first positional) input, and whether the last dimension splits into heads; a site
+kept by the attention recorder (`iclft.capture.attention`) carries its own extractor (`read`) and what the
+recorder must keep for it (`record`). Capture, patching and head supervision all resolve sites here and
+nowhere else: a new site is one new row.
 
 Unlike TransformerLens, the last layer's `resid_post` is after the final norm: it is HF's last hidden
 state, `hidden_states[L]` (METRICS.md: resid_post[l] = hidden_states[l+1] for every l).
@@ -13,10 +14,12 @@ state, `hidden_states[L]` (METRICS.md: resid_post[l] = hidden_states[l+1] for ev
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from iclft.capture.attention import AttentionRecord
 from iclft.models.families import Family, blocks_of, get_module
 
 
@@ -28,6 +31,16 @@ class Site:
     heads: bool = False  # captured as (..., heads, d_head)
     last_layer: str | None = None  # Family attribute of the model-level module used instead at the last layer
     doc: str = ""
+    # hook "attention" only: the site from the recorder after a forward pass, (batch, positions, ...) over the
+    # positions the recorder kept (the last one, or all), and what the recorder must keep for it
+    read: Callable[[AttentionRecord, int], torch.Tensor] | None = None
+    record: tuple[str, ...] = ()  # keyword flags of `record_attention`: "keys", "pre_rope"
+    over_keys: bool = False  # the last dimension runs over key positions (padding dropped per prompt)
+
+    def __post_init__(self):
+        if (self.hook == "attention") != (self.read is not None):
+            raise ValueError(f"site row {self.kind!r}: a site kept by the attention recorder needs `read`, a "
+                             "module hook site has none")
 
 
 SITES: dict[str, Site] = {
@@ -44,12 +57,15 @@ SITES: dict[str, Site] = {
         Site("mlp.out", "mlp", "output", doc="what the MLP adds to the residual stream (Gemma2: after its norm)"),
         Site("attn.scores", "attn", "attention",
              doc="pre-softmax, pre-mask q·k·scale (Gemma2: soft-capped) per query head (GQA: each head uses its "
-                 "KV group), over all non-padding keys"),
-        Site("attn.q", "attn", "attention", heads=True, doc="attention query after RoPE, as attention sees it"),
+                 "KV group), over all non-padding keys",
+             read=lambda rec, layer: rec.scores(layer).transpose(1, 2), record=("keys",), over_keys=True),
+        Site("attn.q", "attn", "attention", heads=True, doc="attention query after RoPE, as attention sees it",
+             read=lambda rec, layer: rec.queries[layer].transpose(1, 2)),
         Site("attn.q_pre", "attn", "attention", heads=True,
              doc="attention query before RoPE: a function of the layer input alone (at layer 0, of the token), "
                  "computed where the model produces it, by its query projection (and query norm, where there is one), "
-                 "one token at a time, so equal inputs give bitwise-equal queries (= attn.q without RoPE)"),
+                 "one token at a time, so equal inputs give bitwise-equal queries (= attn.q without RoPE)",
+             read=lambda rec, layer: rec.queries_pre[layer].transpose(1, 2), record=("pre_rope",)),
     ]
 }
 
@@ -58,6 +74,11 @@ _NAME = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 def site_names(n_layers: int, kinds=("resid_post",)) -> list[str]:
     return [f"blocks.{layer}.{kind}" for kind in kinds for layer in range(n_layers)]
+
+
+def expand(names, n_layers: int) -> list[str]:
+    """Site names, a bare kind (e.g. "resid_post") standing for that kind at every layer, in layer order."""
+    return [n for name in names for n in (site_names(n_layers, (name,)) if name in SITES else [name])]
 
 
 def parse(names: list[str], n_layers: int) -> list[tuple[str, int, Site]]:

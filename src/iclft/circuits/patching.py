@@ -24,13 +24,13 @@ above for one pair and does not blow up on pairs whose clean and corrupted LD ba
 from __future__ import annotations
 
 import contextlib
-import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from iclft.capture import sites as S
+from iclft.capture.prefix import cache_of, keep_last
 from iclft.models.families import Family, blocks_of, n_heads
 from iclft.prompts.batching import pad_left
 
@@ -150,10 +150,6 @@ def _hooks(sites: _Sites, record: dict | None = None, patch: dict | None = None)
             h.remove()
 
 
-def _keep_kw(model) -> dict:
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-
-
 def _ld(model, ids, batch: PairBatch, past=None, **kw) -> torch.Tensor:
     """LD at the last position; with `past` (a prefix cache, see `_Prefix`), `ids` are the tokens after it."""
     if past is not None:
@@ -161,7 +157,7 @@ def _ld(model, ids, batch: PairBatch, past=None, **kw) -> torch.Tensor:
     else:
         kw.update(use_cache=False)
     logits = model(input_ids=ids, attention_mask=batch.mask, position_ids=batch.pos,
-                   **_keep_kw(model), **kw).logits[:, -1].float()
+                   **keep_last(model), **kw).logits[:, -1].float()
     return logits.gather(1, batch.right[:, None])[:, 0] - logits.gather(1, batch.wrong[:, None])[:, 0]
 
 
@@ -211,19 +207,24 @@ class _Prefix:
         self.kv = None
         if cut > 0:
             out = model(input_ids=batch.clean[:, :cut], attention_mask=batch.mask[:, :cut],
-                        position_ids=batch.pos[:, :cut], use_cache=True, **_keep_kw(model))
+                        position_ids=batch.pos[:, :cut], use_cache=True, **keep_last(model))
             self.kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         self.batch = PairBatch(batch.clean[:, cut:], batch.corrupt[:, cut:], batch.mask, batch.pos[:, cut:],
                                batch.right, batch.wrong, [f - cut for f in batch.first_diff])
 
-    def cache(self, copies: int = 1):
+    def cache(self, copies: int = 1, from_layer: int = 0):
         """A zero-argument factory of a fresh cache (a forward pass appends to the cache it is given), the
-        batch repeated `copies` times (rows copy-major); None without a prefix."""
+        batch repeated `copies` times (rows copy-major); None without a prefix. Layers below `from_layer`
+        are replayed (`_replay`), never read their cache: they get stride-0 views of one row, not copies."""
         if self.kv is None:
             return None
-        from iclft.capture.prefix import cache_of
 
-        kv = [(_repeat(k, copies), _repeat(v, copies)) for k, v in self.kv] if copies > 1 else self.kv
+        def grow(t, layer):
+            if copies == 1:
+                return t
+            return _repeat(t, copies) if layer >= from_layer else t[:1].expand(copies * t.shape[0], *t.shape[1:])
+
+        kv = [(grow(k, i), grow(v, i)) for i, (k, v) in enumerate(self.kv)]
         return lambda: cache_of(self.model, kv)
 
 
@@ -231,12 +232,41 @@ def _repeat(t: torch.Tensor, g: int) -> torch.Tensor:
     return t.repeat(g, *([1] * (t.dim() - 1)))
 
 
-def _run_jobs(model, sites, prefix: _Prefix, clean_acts: dict, jobs: list[tuple[Component, int | None]]
-              ) -> torch.Tensor:
+def _repeat_out(out, g: int, rows: int):
+    """A block's output (a tensor, or a tuple holding tensors) with every batch-`rows` tensor repeated g times."""
+    if isinstance(out, torch.Tensor):
+        return _repeat(out, g) if out.dim() and out.shape[0] == rows else out
+    if isinstance(out, (tuple, list)):
+        return type(out)(_repeat_out(o, g, rows) for o in out)
+    return out
+
+
+@contextlib.contextmanager
+def _replay(blocks, outs: list, upto: int, g: int, rows: int):
+    """Blocks below `upto` return their recorded corrupted-run output (repeated g times) instead of computing
+    it: a patch at layer l cannot change what the layers before l compute, so a patched run starts at l."""
+    saved = [blocks[i].__dict__.get("forward") for i in range(upto)]
+    for i in range(upto):
+        out = _repeat_out(outs[i], g, rows)
+        blocks[i].forward = lambda *_a, _out=out, **_k: _out
+    try:
+        yield
+    finally:
+        for i in range(upto):
+            if saved[i] is None:
+                del blocks[i].forward
+            else:
+                blocks[i].forward = saved[i]
+
+
+def _run_jobs(model, sites, prefix: _Prefix, clean_acts: dict, block_outs: list,
+              jobs: list[tuple[Component, int | None]]) -> torch.Tensor:
     """LD of the corrupted prompts, each job (component, padded position or None = all) patched ALONE, all
-    jobs in one forward pass over len(jobs) copies of the batch (rows job-major): (len(jobs), P)."""
+    jobs in one forward pass over len(jobs) copies of the batch (rows job-major): (len(jobs), P). The blocks
+    before the jobs' first layer are replayed from the corrupted run (`block_outs`), not recomputed."""
     batch = prefix.batch
     g, (p, w) = len(jobs), batch.corrupt.shape
+    start = min(c.layer for c, _ in jobs)
     masks: dict = {}
     for j, (c, position) in enumerate(jobs):
         key = c.site
@@ -252,7 +282,8 @@ def _run_jobs(model, sites, prefix: _Prefix, clean_acts: dict, jobs: list[tuple[
     patch = {key: (_repeat(clean_acts[key], g), m.repeat_interleave(p, dim=0)) for key, m in masks.items()}
     rows = PairBatch(_repeat(batch.clean, g), _repeat(batch.corrupt, g), _repeat(batch.mask, g),
                      _repeat(batch.pos, g), _repeat(batch.right, g), _repeat(batch.wrong, g))
-    return _run_patched(model, sites, rows, patch, prefix.cache(g)).view(g, p)
+    with _replay(sites.blocks, block_outs, start, g, p):
+        return _run_patched(model, sites, rows, patch, prefix.cache(g, start)).view(g, p)
 
 
 @dataclass
@@ -287,11 +318,19 @@ def effect(ld_patched: float, ld_clean: float, ld_corrupt: float) -> float:
 # ------------------------------------------------------------------------------------------ runs
 
 
-def _clean_and_corrupt(model, sites, batch: PairBatch, past=None):
+def _clean_and_corrupt(model, sites, batch: PairBatch, past=None, block_outs: list | None = None):
+    """Clean activations at every site, LD clean and LD corrupt; `block_outs` (a list) receives every block's
+    output in the corrupted run (for `_replay`)."""
     clean_acts: dict = {}
     with _hooks(sites, record=clean_acts):
         ld_clean = _ld(model, batch.clean, batch, past)
-    ld_corrupt = _ld(model, batch.corrupt, batch, past)
+    handles = [] if block_outs is None else [
+        b.register_forward_hook(lambda _m, _i, out: block_outs.append(out)) for b in sites.blocks]
+    try:
+        ld_corrupt = _ld(model, batch.corrupt, batch, past)
+    finally:
+        for h in handles:
+            h.remove()
     return {k: _as3d(v.detach(), batch.clean.shape) for k, v in clean_acts.items()}, ld_clean, ld_corrupt
 
 
@@ -310,23 +349,43 @@ def patch_together(model, family: Family, batch: PairBatch, comps: list[Componen
     return _run_patched(model, sites, batch, _patch_spec(sites, clean_acts, comps)).cpu().numpy()
 
 
+# Token positions one patched forward pass may hold: rows x (prefix + suffix) positions, the size that the KV
+# cache and the activations of a pass grow with. ~64 MiB of float32 KV per pass for a 4-layer, 256-wide model
+# (the built-in one), ~0.6 GiB for GPT-2 small. Measured on the built-in model (CPU, one thread), any budget from
+# one component per pass to 64k positions costs the same within 10 %; larger passes only add memory.
+MAX_TOKENS = 1 << 15
+
+
+def _groups(jobs: list, per_pass: int) -> list[list]:
+    """Consecutive jobs, at most `per_pass` per group, a group never spanning two layers (so that every pass
+    replays all the blocks before its layer)."""
+    out: list[list] = []
+    for job in jobs:
+        if out and len(out[-1]) < per_pass and out[-1][-1][0].layer == job[0].layer:
+            out[-1].append(job)
+        else:
+            out.append([job])
+    return out
+
+
 @torch.no_grad()
 def activation_patching(model, family: Family, batch: PairBatch, comps: list[Component] | None = None,
-                        batch_size: int = 32, per_position: bool = False, max_tokens: int | None = None
+                        batch_size: int = 32, per_position: bool = False, max_tokens: int = MAX_TOKENS
                         ) -> PatchResult:
     """Exhaustive patching: one corrupted run per component (per component and position with
     per_position=True, over the positions from the first token where the pair differs to the end;
     earlier positions carry identical activations, so patching them changes nothing).
 
-    The patched runs are batched: one forward pass holds the corrupted prompts of a pair batch repeated once
-    per component, each copy with only its own component patched (every row is still a separate run: rows
-    never see each other), as many copies as fit `max_tokens` (padded) tokens; at least one component per
-    pass, so `max_tokens=1` gives one forward pass per component. Default: 1 on CPU, where batching gained
-    nothing (measured on the built-in model: compute-bound already), 16384 on other devices.
-
-    Every run starts from the KV cache of the positions before the first differing token (`_Prefix`), which
-    are identical in the clean and corrupted prompts; on ICL prompts (demonstrations first) that is most
-    of the prompt."""
+    Three savings, none of which changes a delta beyond float rounding:
+    - every run starts from the KV cache of the positions before the first differing token (`_Prefix`),
+      which are identical in the clean and corrupted prompts; on ICL prompts (demonstrations first) that is
+      most of the prompt;
+    - a run patching layer l replays the corrupted run's outputs of blocks 0..l-1 (`_replay`): the patch
+      cannot change them;
+    - the runs are batched: one forward pass holds the corrupted prompts of a pair batch repeated once per
+      component of one layer, each copy with only its own component patched (rows never see each other), as
+      many copies as keep rows x (prefix + suffix) positions within `max_tokens` (a memory bound, the same
+      on every device; at least one component per pass, so `max_tokens=1` gives one pass per component)."""
     import time
 
     t0 = time.perf_counter()
@@ -334,11 +393,11 @@ def activation_patching(model, family: Family, batch: PairBatch, comps: list[Com
     sites = _Sites(model, family, comps)
     lds_c, lds_x, deltas, rows_pos = [], [], [], None
     start = min(batch.first_diff)  # over ALL pairs: every batch must produce the same rows
-    if max_tokens is None:
-        max_tokens = 1 if batch.corrupt.device.type == "cpu" else 16384
     for b in _batches(batch, batch_size):
         prefix = _Prefix(model, b, min(start, b.clean.shape[1] - 1))  # from here on, only the tokens from start
-        clean_acts, ld_clean, ld_corrupt = _clean_and_corrupt(model, sites, prefix.batch, prefix.cache())
+        block_outs: list = []
+        clean_acts, ld_clean, ld_corrupt = _clean_and_corrupt(model, sites, prefix.batch, prefix.cache(),
+                                                              block_outs)
         lds_c.append(ld_clean)
         lds_x.append(ld_corrupt)
         if not per_position:
@@ -346,10 +405,13 @@ def activation_patching(model, family: Family, batch: PairBatch, comps: list[Com
         else:
             jobs = [(c, p) for c in comps for p in range(start, b.clean.shape[1])]
             rows_pos = jobs
-        group = max(1, max_tokens // prefix.batch.corrupt.numel())
-        d = [_run_jobs(model, sites, prefix, clean_acts, jobs[s:s + group]) - ld_corrupt
-             for s in range(0, len(jobs), group)]
-        deltas.append(torch.cat(d))
+        per_pass = max(1, max_tokens // (len(b) * b.clean.shape[1]))
+        order = sorted(range(len(jobs)), key=lambda i: jobs[i][0].layer)  # stable: same-layer jobs together
+        out = torch.empty(len(jobs), len(b), dtype=ld_corrupt.dtype, device=ld_corrupt.device)
+        for group in _groups([jobs[i] + (i,) for i in order], per_pass):
+            idx = [i for *_, i in group]
+            out[idx] = _run_jobs(model, sites, prefix, clean_acts, block_outs, [j[:2] for j in group]) - ld_corrupt
+        deltas.append(out)
     return PatchResult(comps, torch.cat(lds_c).cpu().numpy(), torch.cat(lds_x).cpu().numpy(),
                        torch.cat(deltas, dim=1).cpu().numpy(), time.perf_counter() - t0,
                        positions=rows_pos)
@@ -377,7 +439,7 @@ def attribution_patching(model, family: Family, batch: PairBatch, comps: list[Co
             # The graph starts at the input embeddings, so every site downstream gets its total derivative.
             x = emb(b.corrupt).detach().requires_grad_(True)
             logits = model(inputs_embeds=x, attention_mask=b.mask, position_ids=b.pos, use_cache=False,
-                           **_keep_kw(model)).logits[:, -1].float()
+                           **keep_last(model)).logits[:, -1].float()
             ld = logits.gather(1, b.right[:, None])[:, 0] - logits.gather(1, b.wrong[:, None])[:, 0]
             keys = sorted(acts)
             grads = dict(zip(keys, torch.autograd.grad(ld.sum(), [acts[k] for k in keys]), strict=True))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -113,7 +114,8 @@ def paired_test(a: Any, b: Any) -> dict[str, float | int]:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Intervals that respect the quantity. `QUANTITIES` is the one place that decides which interval a metric gets;
+# Intervals that respect the quantity. `QUANTITIES` (the shared rows below and each study's own, `declare_quantities`)
+# is the one place that decides which interval a metric gets;
 # METRICS.md's aggregation (one number per seed, then across seeds) stays the formula for the point estimate.
 
 @dataclass(frozen=True)
@@ -165,31 +167,48 @@ DIFF_PROPORTION = Quantity(-1.0, 1.0, "score", "difference of two proportions")
 POSITIVE = Quantity(0.0, math.inf, "t", "positive quantity")
 REAL = Quantity(-math.inf, math.inf, "t", "unbounded quantity")
 
-QUANTITIES: dict[str, Quantity] = {
-    # convergence
-    **{k: COSINE for k in ("s_anchor_icl", "s_anchor_it", "s_icl_it", "s_icl_sl", "d_icl_it", "d_icl_sl",
-                           "demo_query_sim")},
-    "pearson_r": CORRELATION, "spearman_rho": CORRELATION, "fisher_z": REAL,
-    # dual view
-    **{k: COSINE for k in ("simaou", "simaou_random", "simam_before", "simam_after")},
-    "kendall": MEAN_TAU, "kendall_random": MEAN_TAU, "kendall_scores": MEAN_TAU, "kendall_probs": MEAN_TAU,
-    "rec2ftp": PROPORTION, "accuracy": PROPORTION, "update_ratio": POSITIVE,
-    # implicit patterns
-    # update size ‖h_x − h_ZSL‖ / ‖h_ZSL‖ (every study) and the share of predictions a setting changed
+# Rows several studies share: the update size ‖h_x − h_ZSL‖ / ‖h_ZSL‖ and the share of predictions a setting changed
+# (x = icl, it, sl, ft), and accuracies. Every other row is declared by its study (`declare_quantities`, next to the
+# code that computes the metric), so a new study brings its own rows and adds none here.
+_QUANTITIES: dict[str, Quantity] = {
     **{f"u_{x}": POSITIVE for x in ("icl", "it", "sl", "ft")},
     **{f"changed_{x}": PROPORTION for x in ("icl", "it", "sl", "ft")},
-    "shift_cosine": DISTANCE, "shift_jaccard": UNIT, "patching_spearman": MEAN_TAU, "speedup": POSITIVE,
-    "acc_diff": DIFF_PROPORTION, "loss": POSITIVE,
+    "accuracy": PROPORTION,
 }
+
+
+def declare_quantities(rows: dict[str, Quantity]) -> dict[str, Quantity]:
+    """Add a study's metrics to the table (at its import) and return them; a name already declared as another
+    quantity is an error, so two studies cannot give one metric two interval rules."""
+    for name, q in rows.items():
+        if _QUANTITIES.setdefault(name, q) != q:
+            raise ValueError(f"metric {name!r} is already declared as {_QUANTITIES[name]}, not {q}")
+    return rows
+
+
+def _every_study_declared() -> None:
+    """Import every study (the registry), so each has declared its quantities: only the full table needs this,
+    and a lookup of a metric whose study is not imported yet (a report rendered on its own)."""
+    import iclft.registry  # noqa: F401
+
+
+def __getattr__(name: str):
+    if name == "QUANTITIES":  # the full table: the shared rows and every study's
+        _every_study_declared()
+        return MappingProxyType(_QUANTITIES)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def quantity(metric: str) -> Quantity:
     """The quantity of a metric name; accuracies (`acc`, `acc_*`) are proportions."""
-    if metric in QUANTITIES:
-        return QUANTITIES[metric]
+    if metric not in _QUANTITIES:
+        _every_study_declared()
+    if metric in _QUANTITIES:
+        return _QUANTITIES[metric]
     if metric == "acc" or metric.startswith("acc_"):
         return PROPORTION
-    raise KeyError(f"no interval rule for metric {metric!r}; add it to iclft.metrics.stats.QUANTITIES")
+    raise KeyError(f"no interval rule for metric {metric!r}; declare it in its study with "
+                   "iclft.metrics.stats.declare_quantities")
 
 
 def interval(values: Any, metric: str, trials: Any = None, confidence: float = 0.95) -> dict:

@@ -9,7 +9,7 @@ import pandas as pd
 
 from iclft.metrics.stats import MULTIPLICITY, TINY_CHANGED, TINY_UPDATE
 from iclft.report import html as H
-from iclft.report.figures import COLORS, band, clamp_ylim, errbar, plt, save
+from iclft.report.figures import COLORS, band, clamp_ylim, draw_all, errbar, plt, save
 from iclft.rundir import atomic_write_text
 
 PAIRS = {
@@ -25,7 +25,16 @@ STYLE = {"s_anchor_icl": dict(color=COLORS["icl"], ls="--"), "s_anchor_it": dict
 
 
 def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
-    figs = {}
+    """The page's figures by caption, drawn side by side (draw_all)."""
+    tasks = {"similarity and update size by layer (base condition, 95% CI over seeds)": (_by_layer, out, summary),
+             "convergence vs demonstration–query similarity (one point per trial)":
+                 (_vs_similarity, out, records, summary),
+             "trend over k (95% CI over seeds)": (_trend_over_k, out, summary),
+             "label correctness (95% CI over seeds)": (_label_correctness, out, summary)}
+    return dict(zip(tasks, draw_all(list(tasks.values())), strict=True))
+
+
+def _by_layer(out: Path, summary: dict) -> Path:
     n_layers = summary["n_layers"]
     x = np.arange(n_layers)
     updates = [key for key in UPDATES if key in summary]  # runs of older versions have none
@@ -55,9 +64,11 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
     axes[1].set_ylabel("cosine of the changes")
     for ax in axes[:2]:
         clamp_ylim(ax, "d_icl_it")
-    figs["similarity and update size by layer (base condition, 95% CI over seeds)"] = save(
-        fig, out / "figures/similarity_by_layer.png")
+    return save(fig, out / "figures/similarity_by_layer.png")
 
+
+def _vs_similarity(out: Path, records: pd.DataFrame, summary: dict) -> Path:
+    n_layers = summary["n_layers"]
     last = records[(records["layer"] == n_layers - 1) & ~records["control"]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric in zip(axes, ("s_icl_it", "d_icl_it"), strict=True):
@@ -74,9 +85,10 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
         ax.set_ylabel(PAIRS[metric] + " at the last layer")
         clamp_ylim(ax, metric)
         ax.legend()
-    figs["convergence vs demonstration–query similarity (one point per trial)"] = save(
-        fig, out / "figures/convergence_vs_similarity.png")
+    return save(fig, out / "figures/convergence_vs_similarity.png")
 
+
+def _trend_over_k(out: Path, summary: dict) -> Path:
     bc = summary["by_condition"]
     # conditions are told apart by their descriptors (k, selection, labels, control), never by their names
     ks = sorted((c for c, d in bc.items() if d["selection"] == "random" and d["labels"] == "gold"
@@ -108,8 +120,11 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
         ax.minorticks_off()
         ax.set_xlabel("k (demonstrations)")
         ax.legend()
-    figs["trend over k (95% CI over seeds)"] = save(fig, out / "figures/trend_over_k.png")
+    return save(fig, out / "figures/trend_over_k.png")
 
+
+def _label_correctness(out: Path, summary: dict) -> Path:
+    bc = summary["by_condition"]
     names = [c for c, d in bc.items() if d["labels"] != "gold" or d["control"] or c == summary["base_condition"]]
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.38
@@ -128,8 +143,7 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
     ax.set_xlabel("demonstration labels")
     clamp_ylim(ax, "d_icl_it")
     ax.legend()
-    figs["label correctness (95% CI over seeds)"] = save(fig, out / "figures/label_correctness.png")
-    return figs
+    return save(fig, out / "figures/label_correctness.png")
 
 
 TUNING_RULE = (f"iclft puts a caveat on the verdicts that rest on a tuning when one of these is small (its update "
@@ -177,7 +191,7 @@ def write_report(out: Path, records: pd.DataFrame, summary: dict, spec, model_in
     out = Path(out)
     figs = figures(out, records, summary)
     size = f"{summary['n_seeds']} seeds × {spec.queries_per_seed} queries per condition"
-    parts = [H.small_run_banner(spec.preset, summary["n_seeds"], size)]
+    parts = [H.index_link(out), H.small_run_banner(spec.preset, summary["n_seeds"], size)]
     parts += [H.stand_in_note("in-context learning")] if model_info.get("builtin_stand_in") else []
     parts.append(H.warnings_section([t["warning"] for t in summary.get("tuning", []) if t["warning"]]))
     parts.append(f"<p>Task <code>{H.esc(spec.task)}</code>; {summary['n_seeds']} seeds × {spec.queries_per_seed} "

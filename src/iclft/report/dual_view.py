@@ -9,7 +9,7 @@ import pandas as pd
 
 from iclft.metrics.stats import MULTIPLICITY
 from iclft.report import html as H
-from iclft.report.figures import COLORS, band, clamp_ylim, plt, save
+from iclft.report.figures import COLORS, band, clamp_ylim, draw_all, plt, save
 from iclft.rundir import atomic_write_text
 
 NAMES = {
@@ -34,7 +34,13 @@ def simam_overlap(summary: dict) -> float:
 
 
 def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
-    figs = {}
+    """The page's figures by caption, drawn side by side (draw_all)."""
+    tasks = {"per-layer metrics with their baselines, and update sizes (95% CI over seeds)": (_per_layer, out, summary),
+             "accuracy of ZSL, ICL and FT-KV": (_accuracy, out, summary)}
+    return dict(zip(tasks, draw_all(list(tasks.values())), strict=True))
+
+
+def _per_layer(out: Path, summary: dict) -> Path:
     pl = summary["per_layer"]
     x = np.arange(summary["n_layers"])
     panels = (("simaou", "simaou_random", "SimAOU per layer"),
@@ -64,9 +70,10 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
         axes[3].set_ylabel("‖a − a_ZSL‖ / ‖a_ZSL‖")
         axes[3].set_ylim(bottom=0)
         axes[3].legend()
-    figs["per-layer metrics with their baselines, and update sizes (95% CI over seeds)"] = save(
-        fig, out / "figures/per_layer.png")
+    return save(fig, out / "figures/per_layer.png")
 
+
+def _accuracy(out: Path, summary: dict) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     names = ["acc_zsl", "acc_icl", "acc_ft"]
     m = [summary[n]["mean"] for n in names]
@@ -81,8 +88,7 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
     ax.set_xlabel("setting")
     ax.set_ylabel("accuracy (label scoring)")
     ax.set_title("Accuracy per setting (bars: mean, 95% CI; dots: seeds)")
-    figs["accuracy of ZSL, ICL and FT-KV"] = save(fig, out / "figures/accuracy.png")
-    return figs
+    return save(fig, out / "figures/accuracy.png")
 
 
 BUILTIN_TASK_NOTE = ("on the built-in model, tweet sentiment with label words it never saw paired with these "
@@ -141,7 +147,7 @@ def write_report(out: Path, records: pd.DataFrame, summary: dict, spec, model_in
     out = Path(out)
     figs = figures(out, records, summary)
     size = f"{summary['n_seeds']} seeds × {summary['n_queries']} queries"
-    parts = [H.small_run_banner(spec.preset, summary["n_seeds"], size)]
+    parts = [H.index_link(out), H.small_run_banner(spec.preset, summary["n_seeds"], size)]
     parts += [H.stand_in_note("in-context learning")] if model_info.get("builtin_stand_in") else []
     parts.append(H.warnings_section([t["warning"] for t in summary.get("tuning", []) if t["warning"]]))
     ks = sorted(set(summary["k_per_seed"].values()))

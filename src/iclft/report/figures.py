@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -21,9 +22,55 @@ COLORS = {
     "ft_kv": OKABE_ITO["green"], "ft_full": OKABE_ITO["green"], "ft_lora": OKABE_ITO["purple"],
     "random": OKABE_ITO["grey"], "control": OKABE_ITO["sky"], "chance": OKABE_ITO["grey"],
 }
+# svg.hashsalt: the same figure gives the same SVG bytes (clip-path ids are hashes), so a re-render is comparable
 plt.rcParams.update({"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 9,
-                     "xtick.labelsize": 9, "ytick.labelsize": 9, "svg.fonttype": "none", "figure.dpi": 100})
+                     "xtick.labelsize": 9, "ytick.labelsize": 9, "svg.fonttype": "none", "figure.dpi": 100,
+                     "svg.hashsalt": "iclft"})
 DPI = 300
+_PNG = False  # also write 300 dpi PNGs (`iclft report --png`); the page shows the SVG
+
+
+@contextmanager
+def png_too(on: bool = True):
+    """While open (and `on`), save() also writes each figure as a PNG at 300 dpi beside its SVG, for slides and
+    journals that want raster files: drawing it costs more than the SVG, so reports leave it out unless asked."""
+    global _PNG
+    before, _PNG = _PNG, on
+    try:
+        yield
+    finally:
+        _PNG = before
+
+
+def draw_all(tasks: list[tuple]) -> list:
+    """[fn(*args) for fn, *args in tasks], drawn side by side in forked processes, one per core: a report's figures
+    are independent and drawing them is most of its time. Each `fn` saves its figure and returns what save()
+    returned (or None). In order, in this process, on one core, where fork is missing, or when other threads run
+    here (a Ray driver): a forked copy of a threaded process may deadlock."""
+    import multiprocessing
+    import os
+    import threading
+    from concurrent.futures import ProcessPoolExecutor
+
+    global _TASKS
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = min(len(tasks), cores)
+    if n <= 1 or "fork" not in multiprocessing.get_all_start_methods() or threading.active_count() > 1:
+        return [fn(*args) for fn, *args in tasks]
+    _TASKS = tasks  # the children inherit the tasks (records included) when forked: nothing is pickled but an index
+    try:
+        with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(_draw, range(len(tasks))))
+    finally:
+        _TASKS = None
+
+
+_TASKS: list[tuple] | None = None
+
+
+def _draw(i: int):
+    fn, *args = _TASKS[i]
+    return fn(*args)
 
 
 def unlabelled(fig) -> list[str]:
@@ -42,26 +89,33 @@ def unlabelled(fig) -> list[str]:
 
 
 def save(fig, path: Path) -> Path:
-    """PNG at 300 dpi and an SVG beside it, both written atomically; every axis must be labelled."""
+    """The figure as FIGURE.svg (whatever `path`'s suffix): the report page shows it and it prints at any size;
+    inside png_too() also a 300 dpi FIGURE.png. Written atomically; every axis must be labelled. Returns the SVG's
+    path. A PNG left from an earlier render is removed unless written again, so none is older than its SVG."""
     bad = unlabelled(fig)
     if bad:
         plt.close(fig)
         raise ValueError(f"figure {Path(path).name}: unlabelled axes: {', '.join(bad)}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    svg = Path(path).with_suffix(".svg")
+    svg.parent.mkdir(parents=True, exist_ok=True)
     if not fig.get_layout_engine():
         import warnings
 
         with warnings.catch_warnings():  # tight_layout warns on axes it cannot fit; saving still works
             warnings.simplefilter("ignore", UserWarning)
             fig.tight_layout()
-    for suffix, extra in ((".png", {"pil_kwargs": {"compress_level": 1}}), (".svg", {})):
-        # zlib level 1: reports write dozens of 300 dpi PNGs, and the default level was a large part of their time
+    # no timestamp in the SVG: the same figure, the same bytes; dpi: the resolution of its embedded heatmap images
+    formats = [("svg", {"metadata": {"Date": None}})]
+    if _PNG:
+        formats.append(("png", {"pil_kwargs": {"compress_level": 1}}))
+    else:
+        svg.with_suffix(".png").unlink(missing_ok=True)
+    for fmt, extra in formats:
         buf = io.BytesIO()
-        fig.savefig(buf, format=suffix[1:], dpi=DPI, bbox_inches="tight", **extra)
-        atomic_write_bytes(path.with_suffix(suffix), buf.getvalue())  # a unique temporary name, then a rename
+        fig.savefig(buf, format=fmt, dpi=DPI, bbox_inches="tight", **extra)
+        atomic_write_bytes(svg.with_suffix("." + fmt), buf.getvalue())  # a unique temporary name, then a rename
     plt.close(fig)
-    return path
+    return svg
 
 
 def band(ax, x, d: dict, label: str, metric: str | None = None, **kw):

@@ -7,6 +7,8 @@ import html
 import math
 from pathlib import Path
 
+from iclft.rundir import code_commit  # noqa: F401  (H.code_commit: the index names the code's commit)
+
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45}
@@ -27,40 +29,45 @@ def esc(x) -> str:
 
 
 def img(path: Path, alt: str = "") -> str:
-    """The PNG inlined (the page opens offline, alone), its SVG linked for print."""
-    path = Path(path)
-    data = base64.b64encode(_screen_png(path)).decode("ascii")
-    svg = path.with_suffix(".svg")
-    link = f' (<a href="{esc(svg.parent.name + "/" + svg.name)}">SVG</a>)' if svg.is_file() else ""
-    return (f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
+    """The figure's SVG inlined (the page opens offline, alone, and the figure stays sharp at any zoom), linked
+    with the 300 dpi PNG beside it when `iclft report --png` wrote one."""
+    svg = Path(path).with_suffix(".svg")
+    data = base64.b64encode(svg.read_bytes()).decode("ascii")
+    files = [f for f in (svg, svg.with_suffix(".png")) if f.is_file()]
+    link = " (" + ", ".join(f'<a href="{esc(f.parent.name + "/" + f.name)}">{f.suffix[1:].upper()}</a>'
+                            for f in files) + ")"
+    return (f'<figure><img alt="{esc(alt)}" src="data:image/svg+xml;base64,{data}">'
             f"<figcaption>{esc(alt)}{link}</figcaption></figure>")
 
 
-def _screen_png(path: Path, max_width: int = 1300) -> bytes:
-    """The figure at screen resolution for the page (the 300 dpi PNG beside it is for print): a page of ten
-    300 dpi figures would weigh megabytes."""
-    from io import BytesIO
-
-    from PIL import Image
-
-    with Image.open(path) as im:
-        factor = -(-im.width // max_width)
-        if factor <= 1:
-            return path.read_bytes()
-        buf = BytesIO()
-        im.reduce(factor).save(buf, format="PNG", compress_level=6)  # a box filter: fast, sharp enough at 1/3
-        return buf.getvalue()
-
-
-def small_run_banner(preset: str, n_seeds: int, size: str) -> str:
-    """A banner for a quick (or otherwise small) run, on every page it has: its numbers exercise the pipeline."""
+def small_run_banner(preset: str | list[str], n_seeds: int, size: str) -> str:
+    """A banner for a quick (or otherwise small) run, on every page it has: its numbers exercise the pipeline.
+    `preset`: the run's preset, or every preset of the runs a page compares (`n_seeds`: the fewest seeds)."""
     from iclft.metrics.stats import MIN_SEEDS
 
-    if preset != "quick" and n_seeds >= MIN_SEEDS:
+    presets = [preset] if isinstance(preset, str) else sorted(set(preset))
+    if "quick" not in presets and n_seeds >= MIN_SEEDS:
         return ""
-    what = "Quick run" if preset == "quick" else "Small run"
-    return (f'<div class="banner">{what}: preset {esc(preset)}, {esc(size)} (a verdict needs ≥ {MIN_SEEDS} '
-            "seeds). Its numbers check the pipeline, not the papers — not for citation.</div>")
+    what = ("Quick run" if presets == ["quick"] else "Small run" if len(presets) == 1
+            else "Quick or small runs" if "quick" in presets else "Small runs")
+    label = "preset" if len(presets) == 1 else "presets"
+    return (f'<div class="banner">{what}: {label} {esc(", ".join(presets))}, {esc(size)} (a verdict needs ≥ '
+            f"{MIN_SEEDS} seeds). Its numbers check the pipeline, not the papers — not for citation.</div>")
+
+
+def index_link(out: Path) -> str:
+    """A link from a study's page back to the page of the `run all` or sweep that holds it (none for a run of its
+    own): the directory marks (rundir.ROOT_MARK) say which."""
+    from iclft.rundir import ROOT_MARK
+
+    out = Path(out).absolute()
+    places = ((out.parent, "../", "run all", "report.html", "every study of this run"),
+              (out.parent.parent, "../../", "sweep", "index.html", "every cell of this sweep"))
+    for root, up, kind, page_name, what in places:
+        mark = root / ROOT_MARK
+        if mark.is_file() and mark.read_text(encoding="utf-8").strip() == kind:
+            return f'<p class="up"><a href="{up}{page_name}">← {what}</a> (<code>{esc(root.name)}</code>)</p>'
+    return ""
 
 
 def warnings_section(warnings: list[str]) -> str:
@@ -89,6 +96,8 @@ def fmt_ci(d: dict, digits: int = 3) -> str:
     if d is None or d.get("mean") is None:
         return "n/a"
     m, lo, hi = d.get("mean"), d.get("ci_low"), d.get("ci_high")
+    if m != m:  # e.g. Rec2FTP when FT-KV fixes no query: a number that does not exist, not a "nan" to read
+        return "undefined"
 
     def f(v):
         return "nan" if v is None or v != v else f"{v:.{digits}f}"
@@ -109,6 +118,8 @@ details{margin:.4em 0 1em}summary{cursor:pointer;color:#3573c9}
 background:#fafafa;white-space:pre}.prompt{margin:.3em 0 .8em;line-height:1.9}
 table.text td,table.text th{text-align:left;vertical-align:top}
 a.csv{font-size:.85em;margin-left:.6em}pre{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:.85em}
+.scroll{overflow-x:auto}table.text td,table.text th{overflow-wrap:break-word}p.up{margin:-.6em 0 1em;font-size:.9em}
+.about td,.about th{text-align:left}div.run{min-width:13em}.md table td,.md table th{text-align:left;vertical-align:top}
 """
 
 
@@ -151,7 +162,7 @@ def headline_rows(headlines: list[dict]) -> list[list]:
 def fmt_value(h: dict) -> str:
     """A headline's value with its interval, in the unit the paper prints (Rec2FTP in %)."""
     v = h["value"]
-    if h.get("percent") and v and v.get("mean") is not None:
+    if h.get("percent") and v and v.get("mean") is not None and v["mean"] == v["mean"]:
         v = {k: (x * 100 if isinstance(x, float) else x) for k, x in v.items() if k in ("mean", "ci_low", "ci_high")}
         return fmt_ci(v, 1) + " %"
     return fmt_ci(v)
@@ -164,10 +175,11 @@ def verdict_cell(h: dict) -> str:
 
 
 def raw_table(header: list[str], rows: list[list]) -> str:
-    """Like `table`, for cells that are already HTML (text, so left-aligned)."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    """Like `table`, for header and body cells that are already HTML (text, so left-aligned); wide tables scroll
+    inside the page instead of running past it."""
+    head = "".join(f"<th>{h}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="text"><tr>{head}</tr>{body}</table>'
+    return f'<div class="scroll"><table class="text"><tr>{head}</tr>{body}</table></div>'
 
 
 def headlines_section(headlines: list[dict], multiplicity: str) -> str:
@@ -245,10 +257,25 @@ def write_metrics_page(out: Path) -> Path:
     """OUT/metrics.html: the package's metric definitions, so a report's definitions travel with it."""
     from iclft.rundir import atomic_write_text
 
-    text = METRICS_MD.read_text(encoding="utf-8")
-    atomic_write_text(out / "metrics.html", page("iclft metric definitions (METRICS.md)",
-                                                 [f"<pre style='white-space:pre-wrap'>{esc(text)}</pre>"]))
+    atomic_write_text(out / "metrics.html", metrics_html())
     return out / "metrics.html"
+
+
+def metrics_html() -> str:
+    """METRICS.md as a page: Markdown (CommonMark with tables; raw HTML in it is shown as text), its first heading
+    the title, every heading an anchor (metrics.html#aggregation)."""
+    import re
+
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark", {"html": False, "typographer": False}).enable("table")
+    text = METRICS_MD.read_text(encoding="utf-8")
+    title, _, body = text.partition("\n") if text.startswith("# ") else ("# iclft metric definitions", "", text)
+    tokens = md.parse(body)
+    for tok, inline in zip(tokens, tokens[1:], strict=False):
+        if tok.type == "heading_open":
+            tok.attrSet("id", re.sub(r"[^a-z0-9]+", "-", inline.content.lower()).strip("-"))
+    return page(title[2:].strip(), [f'<div class="md">{md.renderer.render(tokens, md.options, {})}</div>'])
 
 
 INTERVALS = ("Intervals: 95%, across seeds, chosen per quantity (iclft.metrics.stats.QUANTITIES): proportions "

@@ -12,7 +12,7 @@ from matplotlib.patches import Patch, Rectangle
 
 from iclft.metrics.stats import MIN_SEEDS, MULTIPLICITY, TINY_CHANGED
 from iclft.report import html as H
-from iclft.report.figures import COLORS, band, errbar, plt, save
+from iclft.report.figures import COLORS, band, draw_all, errbar, plt, save
 from iclft.rundir import atomic_write_text
 
 VARIANT_STYLE = {"clean": "-", "misleading": "--"}
@@ -131,7 +131,7 @@ def _accuracy_curves(out: Path, summary: dict) -> Path:
 
 
 def _ft_steps(out: Path, steps: dict) -> Path | None:
-    if not any(e["step"] for by_n in steps.values() for e in by_n.values()):
+    if not steps or not any(e["step"] for by_n in steps.values() for e in by_n.values()):
         return None
     fig, axes = plt.subplots(2, len(steps), figsize=(5.8 * len(steps), 7.5), squeeze=False)
     for j, (m, by_n) in enumerate(steps.items()):
@@ -275,9 +275,10 @@ def _circuit_heatmaps(out: Path, summary: dict) -> Path | None:
                 continue
             mat, pos, top = mats[fam][s]
             if s == "base":
-                im_b = ax.imshow(mat, cmap=BASE_CMAP, vmin=-vb, vmax=vb, aspect="auto")
+                # interpolation none: the SVG holds one pixel per cell, drawn crisp, instead of a 300 dpi raster
+                im_b = ax.imshow(mat, cmap=BASE_CMAP, vmin=-vb, vmax=vb, aspect="auto", interpolation="none")
             else:
-                im_d = ax.imshow(mat, cmap=DIFF_CMAP, vmin=-vd, vmax=vd, aspect="auto")
+                im_d = ax.imshow(mat, cmap=DIFF_CMAP, vmin=-vd, vmax=vd, aspect="auto", interpolation="none")
                 _outline(ax, pos, mats[fam]["base"][2], ec=COLORS["zsl"], lw=1.0, ls="--")
             _outline(ax, pos, top, ec=COLORS["zsl"], lw=2.0)
             n_heads = mat.shape[1] - 1
@@ -321,30 +322,28 @@ def _patching_agreement(out: Path, records: pd.DataFrame, summary: dict) -> Path
 
 
 def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
-    figs = {}
+    """The page's figures by caption (a figure with nothing to show is left out), drawn side by side (draw_all)."""
     chance_note = ("chance: uniform guess over the answer set" if summary.get("chance", {}).get("all") is not None
                    else "chance per family where the answers form a closed set; none for the mean over families, "
                    "since some families answer open-ended numbers")
-    figs["ICL accuracy vs k demonstrations (left) and FT accuracy vs N training samples (right); clean items solid, "
-         f"misleading dashed; black lines: zero-shot (k = 0); grey dotted: {chance_note}; shading or bars: 95% CI "
-         "over seeds"] = _accuracy_curves(out, summary)
-    p = _ft_steps(out, summary["ft_steps"]) if summary.get("ft_steps") else None
-    if p:
-        figs["fine-tuning loss and accuracy over steps (mean over families, 95% CI over seeds; darker: larger N)"] = p
-    figs["robustness: clean vs misleading accuracy for every setting and family (ZSL hollow; ICL k = 0 is the same "
-         "prompt as ZSL and is shown once)"] = _robustness_scatter(out, summary)
-    p = _changed_bars(out, summary)
-    if p:
-        figs["share of eval items (every family and variant) whose correctness differs from zero-shot's"] = p
-    p = _circuit_heatmaps(out, summary)
-    if p:
-        figs[f"circuit heatmaps: mean {summary['circuits']['method']} patching effect per head and MLP of the base "
-             "model, and the ICL − base and FT − base differences (mean over seeds); solid boxes: the setting's "
-             f"top-{summary['circuits']['top_k']} components by |effect|, dashed: the base model's"] = p
-    p = _patching_agreement(out, records, summary)
-    if p:
-        figs["attribution vs exhaustive patching (every component, setting and seed)"] = p
-    return figs
+    tasks = {
+        "ICL accuracy vs k demonstrations (left) and FT accuracy vs N training samples (right); clean items solid, "
+        f"misleading dashed; black lines: zero-shot (k = 0); grey dotted: {chance_note}; shading or bars: 95% CI "
+        "over seeds": (_accuracy_curves, out, summary),
+        "fine-tuning loss and accuracy over steps (mean over families, 95% CI over seeds; darker: larger N)":
+            (_ft_steps, out, summary.get("ft_steps") or {}),
+        "robustness: clean vs misleading accuracy for every setting and family (ZSL hollow; ICL k = 0 is the same "
+        "prompt as ZSL and is shown once)": (_robustness_scatter, out, summary),
+        "share of eval items (every family and variant) whose correctness differs from zero-shot's":
+            (_changed_bars, out, summary),
+        f"circuit heatmaps: mean {summary['circuits']['method']} patching effect per head and MLP of the base "
+        "model, and the ICL − base and FT − base differences (mean over seeds); solid boxes: the setting's "
+        f"top-{summary['circuits']['top_k']} components by |effect|, dashed: the base model's":
+            (_circuit_heatmaps, out, summary),
+        "attribution vs exhaustive patching (every component, setting and seed)":
+            (_patching_agreement, out, records, summary),
+    }
+    return {c: p for c, p in zip(tasks, draw_all(list(tasks.values())), strict=True) if p}
 
 
 def _check_effect(t: dict) -> str:
@@ -396,9 +395,20 @@ def findings(summary: dict) -> list[str]:
             f"{H.fmt_ci(sh['icl']['jaccard'])}; FT 1 − cos = {H.fmt_ci(sh['ft']['cosine'])}, 1 − Jaccard = "
             f"{H.fmt_ci(sh['ft']['jaccard'])}.")
     ag = summary["patching_agreement"]
-    out.append(f"<b>Attribution vs exhaustive patching</b> (base model): Spearman ρ over all components = "
-               f"{H.fmt_ci(ag['spearman'])}, over the top components = {H.fmt_ci(ag['spearman_top'])}; attribution "
-               f"is {H.fmt_ci(ag['speedup'], 1)}× faster.")
+    line = (f"<b>Attribution vs exhaustive patching</b> (base model): Spearman ρ over all components = "
+            f"{H.fmt_ci(ag['spearman'])}, over the top components = {H.fmt_ci(ag['spearman_top'])}; attribution "
+            f"is {H.fmt_ci(ag['speedup'], 1)}× faster.")
+    if "n_rankable" in ag:  # older summaries lack it
+        small = (f"no component's exhaustive effect reaches {ag['min_effect']:.0%} of the clean − corrupted logit "
+                 "difference")
+        if ag["n_rankable"] == 0:
+            line += f" The effects are too small to rank ({small} in any family and seed): these ρ measure noise."
+        else:
+            r = ag["rankable"]
+            line += (f" Where the effects are real ({ag['n_rankable']} of {ag['n_units']} family × seed units; in "
+                     f"the others {small}): ρ = {H.fmt_ci(r['spearman'])} signed, {H.fmt_ci(r['spearman_abs'])} "
+                     "on |effect|.")
+    out.append(line)
     return out
 
 
@@ -406,18 +416,24 @@ def write_report(out: Path, records: pd.DataFrame, summary: dict, spec, model_in
     out = Path(out)
     figs = figures(out, records, summary)
     n_seeds = summary["n_seeds"]
-    parts = [H.small_run_banner(getattr(spec, "preset", "default"), n_seeds,
-                                f"{n_seeds} seeds × {spec.n_eval} items per family and variant")]
+    parts = [H.index_link(out), H.small_run_banner(getattr(spec, "preset", "default"), n_seeds,
+                                                   f"{n_seeds} seeds × {spec.n_eval} items per family and variant")]
     parts += [H.stand_in_note("implicit patterns")] if model_info.get("builtin_stand_in") else []
     parts.append(H.warnings_section(summary.get("warnings", [])))
     rules = ", ".join(f"{f}: {r}" for f, r in summary["rules"].items())
+    # the steps each N actually trains for (FinetuneSpec.steps_for: `steps` is a minimum when `epochs` is set)
+    steps = {m: ", ".join(f"N = {n}: {getattr(spec, m).steps_for(n)}" for n in sorted(spec.ft_sizes))
+             for m in spec.ft_methods}
+    names = {"full": "full", "lora": "LoRA"}
+    steps_text = (f"{next(iter(steps.values()))} ({' and '.join(names[m] for m in steps)})"
+                  if len(set(steps.values())) == 1 else "; ".join(f"{v} ({names[m]})" for m, v in steps.items()))
     parts.append(
         f"<p>Model <code>{H.esc(model_info.get('model'))}</code> ({H.esc(model_info.get('family'))}, "
         f"{model_info.get('n_layers')} layers, {model_info.get('n_params', 0):,} parameters); {summary['n_seeds']} "
         f"seeds × {spec.n_eval} test items per variant; rules (held out of pretraining by default): {H.esc(rules)}; "
         f"item size <b>{H.esc(summary.get('size', 'paper'))}</b> ({H.esc(_sizes_text(summary))}). "
-        f"Fine-tuning: {spec.full.steps} (full) / {spec.lora.steps} (LoRA) AdamW steps of {spec.full.batch_size} / "
-        f"{spec.lora.batch_size} examples, constant LR after warmup, loss on {spec.full.loss_on} tokens. Accuracy is "
+        f"Fine-tuning: AdamW steps {steps_text}, of {spec.full.batch_size} / {spec.lora.batch_size} examples (full "
+        f"/ LoRA), constant LR after warmup, loss on {spec.full.loss_on} tokens. Accuracy is "
         "exact match of the normalised answer (label scoring for closed answer sets, greedy decoding otherwise).</p>")
     parts.append(H.headlines_section(summary.get("headlines", []), MULTIPLICITY))
     parts.append("<h2>Findings</h2>" + "".join(f'<div class="finding">{f}</div>' for f in findings(summary)))

@@ -26,8 +26,12 @@ from iclft.capture import capture, site_names
 from iclft.metrics.dual import predict_labels
 from iclft.metrics.similarity import CONVERGENCE_KEYS, convergence_metrics, demo_query_similarity
 from iclft.metrics.stats import (
+    CORRELATION,
+    COSINE,
+    REAL,
     compare,
     correlation,
+    declare_quantities,
     headline,
     interval,
     judge,
@@ -43,6 +47,11 @@ from iclft.tasks import Task, get_task
 from iclft.tuning import LoraConfigSpec, StackedLora
 
 METRICS = CONVERGENCE_KEYS
+QUANTITIES = declare_quantities({  # each metric's interval rule (u_*: shared, iclft.metrics.stats)
+    **{k: COSINE for k in ("s_anchor_icl", "s_anchor_it", "s_icl_it", "s_icl_sl", "d_icl_it", "d_icl_sl",
+                           "demo_query_sim")},
+    "pearson_r": CORRELATION, "spearman_rho": CORRELATION, "fisher_z": REAL,
+})
 
 
 class ConvergenceSpec(RunSpec):

@@ -47,8 +47,8 @@ import torch
 from pydantic import Field
 
 from iclft import UserError
+from iclft.capture import capture
 from iclft.capture.attention import attention_scaling
-from iclft.capture.prefix import capture_prefixed
 from iclft.metrics.dual import (
     KENDALL_MODES,
     ft_demo_side,
@@ -63,7 +63,20 @@ from iclft.metrics.dual import (
 )
 from iclft.metrics.dualform import check_dual_form
 from iclft.metrics.similarity import relative_update
-from iclft.metrics.stats import compare, headline, interval, judge, layer_intervals, preconditions, tuning_check
+from iclft.metrics.stats import (
+    COSINE,
+    MEAN_TAU,
+    POSITIVE,
+    PROPORTION,
+    compare,
+    declare_quantities,
+    headline,
+    interval,
+    judge,
+    layer_intervals,
+    preconditions,
+    tuning_check,
+)
 from iclft.models.load import Loaded, load
 from iclft.prompts import PromptBuilder
 from iclft.studies.common import RunSpec, summary_sesoi
@@ -77,6 +90,11 @@ LAYER_METRICS = ("simaou", "simaou_random", "simam_before", "simam_after", "kend
                  "kendall_scores", "kendall_probs", "update_ratio", "u_icl", "u_ft")
 SCALAR_METRICS = ("rec2ftp", "acc_zsl", "acc_icl", "acc_ft")
 SETTINGS = ("zsl", "icl", "ft")
+QUANTITIES = declare_quantities({  # each metric's interval rule (u_*, changed_*: shared, iclft.metrics.stats)
+    **{k: COSINE for k in ("simaou", "simaou_random", "simam_before", "simam_after")},
+    **{k: MEAN_TAU for k in ("kendall", "kendall_random", "kendall_scores", "kendall_probs")},
+    "rec2ftp": PROPORTION, "update_ratio": POSITIVE,
+})
 
 # Dai et al. (2023), averages over their six datasets, GPT 1.3B / 2.7B (Tables 2-5); Rec2FTP in %.
 PUBLISHED = {
@@ -280,8 +298,8 @@ def _capture_setting(model, fam, prompts, n_layers, spec, pad_id, label_ids, wan
     res: dict = {"logits": [], "attn_out": [], "simam_rows": [], "demo_attn": [], "q_last": []}
     for start in range(0, len(prompts), spec.query_chunk):
         chunk = prompts[start:start + spec.query_chunk]
-        cap = capture_prefixed(model, fam, prefix, suffixes[start:start + spec.query_chunk], sites,
-                               pad_id=pad_id, batch_size=spec.batch_size, logits=True)
+        cap = capture(model, fam, suffixes[start:start + spec.query_chunk], sites, prefix=prefix,
+                      pad_id=pad_id, batch_size=spec.batch_size, logits=True)
         res["logits"].append(cap.logits[:, label_ids])
         res["attn_out"].append(cap.stack("attn.out", n_layers))
         if want_q:
@@ -306,8 +324,8 @@ def _capture_setting(model, fam, prompts, n_layers, spec, pad_id, label_ids, wan
 def _val_score(model, fam, prompts, label_ids, gold, spec, pad_id) -> tuple[float, float]:
     """(accuracy, mean log-probability of the gold label among the label words) on validation prompts."""
     prefix, suffixes = _prefix_and_suffixes(prompts)
-    cap = capture_prefixed(model, fam, prefix, suffixes, [], pad_id=pad_id, batch_size=spec.batch_size,
-                           logits=True)
+    cap = capture(model, fam, suffixes, [], prefix=prefix, pad_id=pad_id, batch_size=spec.batch_size,
+                  logits=True)
     lg = cap.logits[:, label_ids].double()
     acc = float((lg.argmax(-1).numpy() == gold).mean())
     logp = torch.log_softmax(lg, dim=-1)[torch.arange(len(gold)), torch.as_tensor(gold)]

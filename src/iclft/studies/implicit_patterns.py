@@ -45,11 +45,17 @@ from iclft.capture.decode import Scorer
 from iclft.circuits.pairs import build_pairs, pair_ids
 from iclft.circuits.patching import activation_patching, attribution_patching, circuit_shift, make_pairs, top_k
 from iclft.metrics.stats import (
+    DIFF_PROPORTION,
+    DISTANCE,
+    MEAN_TAU,
     MIN_SEEDS,
+    POSITIVE,
     REPRODUCED,
     TINY_CHANGED,
+    UNIT,
     compare,
     correlation,
+    declare_quantities,
     headline,
     interval,
     judge,
@@ -76,6 +82,10 @@ from iclft.tuning.finetune import FinetuneSpec, finetune
 log = logging.getLogger(__name__)
 VARIANTS = ("clean", "misleading")
 CIRCUIT_SETTINGS = ("base", "icl", "ft")
+QUANTITIES = declare_quantities({  # each metric's interval rule (changed_*, accuracy: shared, iclft.metrics.stats)
+    "shift_cosine": DISTANCE, "shift_jaccard": UNIT, "patching_spearman": MEAN_TAU, "speedup": POSITIVE,
+    "acc_diff": DIFF_PROPORTION, "loss": POSITIVE,
+})
 
 
 # The method of each fine-tuning spec is fixed by the field that holds it: `ft_full_*` results must be full
@@ -710,6 +720,11 @@ def _spearman_top(a: np.ndarray, b: np.ndarray, k: int) -> float:
     return correlation(a[idx], b[idx])["spearman_rho"]
 
 
+# Effects are fractions of the clean − corrupt LD difference: where no component's exhaustive effect reaches this
+# one, patching moved nothing worth ranking, and a rank agreement there measures noise.
+RANK_MIN_EFFECT = 0.05
+
+
 def _circuits(effects: pd.DataFrame, spec: ImplicitSpec):
     col = "effect" if spec.circuit_method == "exhaustive" else "effect_attr"
     shift: dict = {}
@@ -724,7 +739,9 @@ def _circuits(effects: pd.DataFrame, spec: ImplicitSpec):
             secs = float(vec[s]["seconds_exh"].iloc[0]) / max(float(vec[s]["seconds_attr"].iloc[0]), 1e-9)
             agree_rows.append({"family": fam, "seed": seed, "setting": s,
                                "spearman": correlation(ex, at)["spearman_rho"],
-                               "spearman_top": _spearman_top(ex, at, max(spec.top_k, 3)), "speedup": secs})
+                               "spearman_abs": correlation(np.abs(ex), np.abs(at))["spearman_rho"],
+                               "spearman_top": _spearman_top(ex, at, max(spec.top_k, 3)), "speedup": secs,
+                               "rankable": bool(np.nanmax(np.abs(ex), initial=0.0) >= RANK_MIN_EFFECT)})
         e0 = vec["base"][col].to_numpy(float)
         for s in ("icl", "ft"):
             sh = circuit_shift(e0, vec[s][col].to_numpy(float), spec.top_k)
@@ -748,9 +765,14 @@ def _circuits(effects: pd.DataFrame, spec: ImplicitSpec):
 
     def agg(df):
         return {k: interval(df[k].to_numpy(float) if len(df) else [], "speedup" if k == "speedup" else
-                            "patching_spearman") for k in ("spearman", "spearman_top", "speedup")}
+                            "patching_spearman") for k in ("spearman", "spearman_top", "spearman_abs", "speedup")}
 
-    agreement = {"setting": "base", **agg(ag[ag["setting"] == "base"] if len(ag) else ag),
+    base = ag[ag["setting"] == "base"] if len(ag) else ag
+    real = base[base["rankable"]] if len(base) else base
+    agreement = {"setting": "base", **agg(base),
+                 # the agreement where the effects are real: units whose largest effect reaches RANK_MIN_EFFECT
+                 "min_effect": RANK_MIN_EFFECT, "n_units": len(base), "n_rankable": len(real),
+                 "rankable": {k: v for k, v in agg(real).items() if k != "speedup"},
                  "by_setting": {s: agg(ag[ag["setting"] == s] if len(ag) else ag) for s in CIRCUIT_SETTINGS},
                  "per_family": {f: agg(ag[(ag["family"] == f) & (ag["setting"] == "base")] if len(ag) else ag)
                                 for f in spec.families}}

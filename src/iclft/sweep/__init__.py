@@ -10,10 +10,11 @@ or distributed run equals an uninterrupted local one row for row.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def run_cells(cells: Sequence[Cell], executor=None, desc: str | None = None) -> 
         executor.contexts.update({k: c.context for k, c in zip(keys, cells, strict=True) if c.context is not None})
     with ExitStack() as stack:
         for cell in cells:
-            stack.enter_context(rundir.open_run(cell.out, cell.spec, rundir.identity(cell.info)))
+            stack.enter_context(rundir.open_run(cell.out, cell.spec, rundir.identity(cell.info, cell.spec)))
             if cell.examples:
                 rundir.write_examples(cell.out, cell.examples)
         jobs = [Job(key, c.study.setup, c.study.run_unit, c.spec, u) for key, c in zip(keys, cells, strict=True)
@@ -129,6 +130,8 @@ def _finished(cell: Cell) -> bool:
         rundir.check_finished(out)
     except UserError:  # a file edited or damaged after the run: written again from the shards
         return False
+    if not rundir.finished_by_this_code(out):  # other code (an update, a new checkout) summarised and rendered it
+        return False
     newest = max((f.stat().st_mtime_ns for f in rundir.shard_dir(out).glob("*.parquet")), default=0)
     return manifest.stat().st_mtime_ns >= newest
 
@@ -161,6 +164,26 @@ def _finish(cell: Cell, stats: dict, rerun: bool = False) -> None:
             pass
     rundir.write_manifest(out, manifest)
     rundir.write_finished(out)
+
+
+def render_once(page: Path, runs: Sequence[Path], render: Callable[[], Path]) -> Path:
+    """`render()` a page drawn from several finished runs (a sweep's index) unless this code already drew it from
+    the same runs' files (their finished.json, which holds every input's checksum): a rerun that computed nothing
+    leaves it and its figures as they are."""
+    page = Path(page)
+    stamp = page.with_name(f".{page.name}.sha256")
+    h = hashlib.sha256(rundir.code_sha256().encode())
+    for run in runs:
+        done = Path(run) / rundir.FINISHED
+        h.update(str(run).encode() + b"\0" + (done.read_bytes() if done.is_file() else b"") + b"\0")
+    try:
+        if page.is_file() and stamp.read_text(encoding="utf-8").strip() == h.hexdigest():
+            return page
+    except OSError:  # no stamp yet
+        pass
+    path = render()
+    rundir.atomic_write_text(stamp, h.hexdigest() + "\n")
+    return path
 
 
 def run_study(study: Study, spec: RunSpec, out: Path, executor=None) -> Path:

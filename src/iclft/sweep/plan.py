@@ -110,12 +110,12 @@ def run_sweep(path: Path, out: Path, executor, quick: bool = False) -> Path:
     from iclft.registry import STUDIES
     from iclft.report.compare import write_compare
     from iclft.studies.protocol import prepare
-    from iclft.sweep import run_cells
+    from iclft.sweep import render_once, run_cells
 
     sweep = load_sweep(path)
     plan = cells(sweep, out, quick)
     with rundir.open_root(out, "sweep"):
         prepared = [prepare(STUDIES[study], spec, cell_out, keep_context=False) for study, spec, cell_out in plan]
-        run_cells(prepared, executor, desc="sweep")
-        return write_compare(out, [c.out for c in prepared], title="iclft sweep — models × studies",
-                             page="index.html")
+        paths = run_cells(prepared, executor, desc="sweep")
+        return render_once(out / "index.html", paths, lambda: write_compare(
+            out, paths, title="iclft sweep — models × studies", page="index.html"))

@@ -50,6 +50,7 @@ from collections.abc import Callable
 from fractions import Fraction
 
 from iclft.tasks.base import Example, Task
+from iclft.tasks.config import TaskConfig, builtin_config
 
 FAMILIES: tuple[str, ...] = ("expression", "code", "boolean", "relation", "algebra", "parity")
 VARIANTS: tuple[str, ...] = ("clean", "misleading")
@@ -105,16 +106,6 @@ _SIZE_MIN: dict[str, dict[str, int]] = {
     "algebra": {"n_vars": 2, "max_coef": 2, "max_value": 1, "max_mult": 2},
     "parity": {"head_len": 1, "n_pairs": 1},
 }
-
-_INSTRUCTIONS = {
-    "expression": "Answer each arithmetic expression with a number.",
-    "code": "Answer each short program with a number computed from what it prints.",
-    "boolean": "Answer each boolean expression with a truth value.",
-    "relation": "Answer whether the two named nodes are connected.",
-    "algebra": "Answer each question about the linear equations with a number.",
-    "parity": "Answer with the parity of the bit string.",
-}
-
 
 # ------------------------------------------------------------------------------------ checks
 
@@ -758,26 +749,20 @@ def implicit_task(
     n_test: int = 200,
     test_variant: str = "clean",
     rule: str | None = None,
+    config: TaskConfig | None = None,
     **size: int,
 ) -> Task:
     """Clean training items plus a clean or misleading test set; never an input in both.
 
-    Test and train are drawn from different seeds (2*seed+1, 2*seed) and train skips test inputs.
+    Test and train are drawn from different seeds (2*seed+1, 2*seed) and train skips test inputs. The prompt
+    (template, instruction, separator) is `config`'s, by default the built-in task `implicit/<family>`'s.
     """
     family = _check_family(family)
     rule = _check_rule(family, rule)
     test = _generate(family, n_test, 2 * seed + 1, test_variant, rule, size)
     train = _generate(family, n_train, 2 * seed, "clean", rule, size, exclude=frozenset(ex.input for ex in test))
-    words = label_words(family, rule)
-    return Task(
-        name=f"implicit/{family}",
-        train=train,
-        test=test,
-        instruction=_INSTRUCTIONS[family],
-        template="Q: {input}\nA:",
-        answer_prefix=" ",
-        label_words=words,
-        answer_type="label" if words is not None else "text",
+    return (config or builtin_config(f"implicit/{family}")).to_task(
+        train, test, words=label_words(family, rule),
         description=(
             f"Implicit patterns (Yin et al. 2024), {family}: rule {rule!r}"
             f"{' (held out of pretraining)' if rule in HELDOUT_RULES[family] else ''}; "

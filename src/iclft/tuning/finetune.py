@@ -13,7 +13,6 @@ record.
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,9 +21,10 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from iclft.capture.prefix import takes_logits_to_keep
 from iclft.models.families import Family
-from iclft.prompts.batching import pad_after_prefix, pad_left
 from iclft.tuning.lora import LoraSpec, add_lora, init_lora
+from iclft.tuning.loss import lm_batch, lm_loss, prefix_lm_batch, shared_prefix
 
 
 class FinetuneSpec(BaseModel):
@@ -73,82 +73,6 @@ def make_optimizer(params, spec: FinetuneSpec):
     except (RuntimeError, TypeError, ValueError):
         opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
     return opt, get_constant_schedule_with_warmup(opt, num_warmup_steps=spec.warmup_steps)
-
-
-def takes_logits_to_keep(model) -> bool:
-    """Whether `model.forward` can restrict the LM head to some positions (HF `logits_to_keep`)."""
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
-
-
-def lm_loss(net, ids, mask, pos, labels, keep: bool = True, prefix: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean next-token cross-entropy over the positions whose label is not -100, the LM head applied only
-    where some row of the batch has a label (`logits_to_keep` with those positions; `keep=False`: the
-    full logits, then those positions). Equal to the cross-entropy of the full logits: the skipped
-    positions carry no loss, so they add nothing to the loss or to any gradient (tied embeddings too).
-
-    prefix: (1, P) tokens every row starts with (see `prefix_lm_batch`; `ids` etc. are then the rows after
-    it): run once, with gradients, and its KV cache shared by all rows instead of being recomputed per row."""
-    target = labels[:, 1:]
-    cols = (target != -100).any(0).nonzero()[:, 0]  # positions t whose next token is a label in some row
-    kw: dict = {"use_cache": False}
-    if prefix is not None:
-        from iclft.capture.prefix import cache_of
-
-        out = net(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True,
-                  **({"logits_to_keep": 1} if keep else {}))
-        kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-        kw = {"use_cache": True, "past_key_values": cache_of(net, kv, ids.shape[0])}  # rows: views of the prefix
-    if keep:
-        logits = net(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=cols, **kw).logits
-    else:
-        logits = net(input_ids=ids, attention_mask=mask, position_ids=pos, **kw).logits[:, cols]
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(),
-                                             target[:, cols].reshape(-1))
-
-
-def shared_prefix(examples, idx, loss_on: str) -> int:
-    """How many leading tokens every example of the batch shares (e.g. the instruction) and no loss needs:
-    the hidden state at position t predicts token t + 1, so the prefix ends before the position that
-    predicts the first answer token. 0 for loss on all tokens or a single example."""
-    if loss_on != "answer" or len(idx) < 2:
-        return 0
-    seqs = [examples[i][0] for i in idx]
-    n = min(len(s) for s in seqs)
-    p = 0
-    while p < n and all(s[p] == seqs[0][p] for s in seqs):
-        p += 1
-    first_answer = min((m.index(1) if 1 in m else len(m)) for m in (examples[i][1] for i in idx))
-    return max(0, min(p, first_answer - 1, n - 1))
-
-
-def prefix_lm_batch(examples, idx, cut: int, pad_id, device):
-    """`lm_batch` (loss on the answer tokens) for rows that share their first `cut` tokens: returns the
-    (1, cut) prefix and the rows after it, laid out [prefix | pad .. pad | rest of row r] (the padding masked
-    out, position ids continuing from the prefix), so each row sees exactly the positions it would alone."""
-    seqs = [examples[i][0][cut:] for i in idx]
-    ids, mask, pos = pad_after_prefix(seqs, cut, pad_id)
-    width = ids.shape[1]
-    target = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for r, i in enumerate(idx):
-        target[r, width - len(seqs[r]):] = torch.tensor(examples[i][1][cut:], dtype=torch.bool)
-    labels = ids.masked_fill(~target, -100)
-    prefix = torch.tensor([examples[idx[0]][0][:cut]], dtype=torch.long)
-    return tuple(t.to(device) for t in (prefix, ids, mask, pos, labels))
-
-
-def lm_batch(examples, idx, pad_id, loss_on, device):
-    """Left-padded causal-LM batch of (ids, answer_mask) examples; labels are -100 where no loss is taken."""
-    seqs = [examples[i][0] for i in idx]
-    ids, mask, pos = pad_left(seqs, pad_id, device)
-    target = torch.zeros_like(ids, dtype=torch.bool)
-    width = ids.shape[1]
-    for r, i in enumerate(idx):
-        seq, ans = examples[i]
-        # "all": every token but the first, which has nothing before it to be predicted from
-        m = ans if loss_on == "answer" else [0] + [1] * (len(seq) - 1)
-        target[r, width - len(seq):] = torch.tensor(m, dtype=torch.bool)
-    labels = ids.masked_fill(~target, -100)
-    return ids, mask, pos, labels
 
 
 def finetune(
@@ -226,5 +150,4 @@ def finetune(
     return result
 
 
-__all__ = ["FinetuneResult", "FinetuneSpec", "finetune", "lm_loss", "make_optimizer", "prefix_lm_batch",
-           "shared_prefix"]
+__all__ = ["FinetuneResult", "FinetuneSpec", "finetune", "make_optimizer"]

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from iclft.capture.attention import record_attention
 from iclft.models.families import Family, blocks_of, get_module, n_heads
 
 
@@ -133,8 +134,6 @@ class FtKvSession:
                 if len(ids) < 2:
                     raise ValueError("a training example needs at least two tokens")
                 if record_from is not None:
-                    from iclft.capture.prefix import record_attention
-
                     with record_attention(model, self.family, range(n_layers), pre_rope=pre_rope) as rec:
                         loss = lm_loss(model, ids)
                     qs = rec.queries_pre if pre_rope else rec.queries

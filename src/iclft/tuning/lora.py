@@ -10,7 +10,9 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from iclft.capture.prefix import takes_logits_to_keep
 from iclft.models.families import Family
+from iclft.tuning.loss import lm_batch, lm_loss
 
 
 class LoraSpec(BaseModel):
@@ -103,8 +105,6 @@ class LoraSession:
     def train(self, examples: list[tuple[list[int], list[int]]], seed: int, pad_id: int) -> list[float]:
         """Full-batch AdamW on the demonstrations; returns the loss per step."""
         self.reset(seed)
-        from iclft.tuning.finetune import lm_batch, lm_loss, takes_logits_to_keep
-
         ids, mask, pos, labels = lm_batch(examples, range(len(examples)), pad_id, self.spec.loss_on,
                                           self.params[0].device)
         for p in self.params:

@@ -27,10 +27,11 @@ import collections
 
 import torch
 
-from iclft.capture import Capture, capture
+from iclft.capture import Cache, capture
+from iclft.capture.prefix import takes_logits_to_keep
 from iclft.models.families import Family
-from iclft.tuning.finetune import lm_batch, takes_logits_to_keep
 from iclft.tuning.lora import LoraConfigSpec, kaiming_a, target_modules
+from iclft.tuning.loss import lm_batch
 
 
 class StackedLora:
@@ -154,7 +155,7 @@ class StackedLora:
         return ce.view(target.shape).sum(1)
 
     def capture(self, prompts: list[list[int]], adapters: list[int | None], sites: list[str], *, pad_id: int,
-                batch_size: int = 16, last: bool = True, logits: bool = False) -> Capture:
+                batch_size: int = 16, last: bool = True, logits: bool = False) -> Cache:
         """`iclft.capture.capture` of `prompts`, prompt j run through adapter `adapters[j]` (None: the base
         model), all in shared batches.
 
