@@ -1,6 +1,6 @@
 """The Python API: `iclft.run` runs what `iclft run` runs (same spec, checks and error messages), `iclft.load`
 reads a finished run back with its checksums verified, and docs/notebook.py -- the README's notebook example --
-runs end to end. One quick dual run is shared by every test here."""
+runs end to end. The session's quick dual run (a copy) is shared by every test here."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from iclft.api import _nest, build_specs
 from iclft.cli import app
 from iclft.studies.common import parse_sets
 from iclft.studies.dual_view import DualSpec
+from tests.conftest import copy_run
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "docs" / "notebook.py"
@@ -30,10 +31,15 @@ cli = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    """The notebook's own first cell, run here: `iclft.run("dual", out="runs/quick-dual", quick=True)`."""
-    base = tmp_path_factory.mktemp("api")
-    return iclft.run("dual", out=base / "runs" / "quick-dual", quick=True)
+def quick(quick_all, tmp_path_factory):
+    """The notebook's own first cell, `iclft.run("dual", out="runs/quick-dual", quick=True)`, on a copy of the
+    session's `iclft run all --quick` dual study: the API builds the command line's spec and identity, so it
+    resumes that run (a spec or identity of its own would be refused) and returns it."""
+    out = copy_run(quick_all / "dual", tmp_path_factory.mktemp("api") / "runs" / "quick-dual")
+    shards = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.parquet")}
+    run = iclft.run("dual", out=out, quick=True)
+    assert shards and {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.parquet")} == shards
+    return run
 
 
 def test_the_api_is_what_dir_shows():
@@ -52,7 +58,7 @@ def test_run_returns_the_files_it_wrote(quick):
     assert quick.manifest == json.loads((out / "manifest.json").read_text())
     assert isinstance(quick.spec, DualSpec) and quick.spec.preset == "quick" and quick.spec.seeds == 2
     assert quick.report == out / "report.html" and quick.report.is_file()
-    assert quick.figures and all(p.suffix == ".png" and p.is_file() and p.parent == out / "figures"
+    assert quick.figures and all(p.suffix == ".svg" and p.is_file() and p.parent == out / "figures"
                                  for p in quick.figures.values())
     assert "'dual'" in repr(quick) and "2 seeds" in repr(quick)
 

@@ -30,11 +30,11 @@ def test_run_directory_contract(quick_run):
     out = quick_run
     for name in ("spec.yaml", "manifest.json", "records.parquet", "summary.json", "report.html"):
         assert (out / name).is_file(), name
-    figs = sorted(p.name for p in (out / "figures").glob("*.png"))
-    assert figs == ["convergence_vs_similarity.png", "label_correctness.png", "similarity_by_layer.png",
-                    "trend_over_k.png"]
+    figs = sorted(p.name for p in (out / "figures").glob("*.svg"))
+    assert figs == ["convergence_vs_similarity.svg", "label_correctness.svg", "similarity_by_layer.svg",
+                    "trend_over_k.svg"]
     html = (out / "report.html").read_text()
-    assert "data:image/png;base64," in html and "Findings" in html
+    assert "data:image/svg+xml;base64," in html and "Findings" in html
     assert 'src="figures' not in html  # self-contained
     # one statistic per factor claim, its scales labelled: r (tanh of the mean z), the effect on z, the SESOI on z
     assert "tanh of the seeds' mean Fisher z" in html and "effect (Fisher z)" in html
@@ -172,14 +172,14 @@ def test_report_rerender(quick_run):
     """`iclft report` renders report.html and the figures again from the records and summary."""
     html = (quick_run / "report.html").read_text()
     (quick_run / "report.html").write_text("stale")
-    figures = sorted(p.name for p in (quick_run / "figures").glob("*.png"))
-    for p in (quick_run / "figures").glob("*.png"):
+    figures = sorted(p.name for p in (quick_run / "figures").glob("*.svg"))
+    for p in (quick_run / "figures").glob("*.svg"):
         p.unlink()
     res = runner.invoke(app, ["report", str(quick_run)])
     assert res.exit_code == 0, res.output
     assert f"report: {quick_run / 'report.html'}" in res.output
     again = (quick_run / "report.html").read_text()
-    assert again != "stale" and "Findings" in again and "data:image/png;base64," in again
-    assert sorted(p.name for p in (quick_run / "figures").glob("*.png")) == figures
+    assert again != "stale" and "Findings" in again and "data:image/svg+xml;base64," in again
+    assert sorted(p.name for p in (quick_run / "figures").glob("*.svg")) == figures
     assert len(again) == pytest.approx(len(html), rel=0.01)  # the same report (figures re-encoded: bytes may differ)
     assert np.isfinite(json.loads((quick_run / "summary.json").read_text())["s_icl_it"]["last_layer"]["mean"])

@@ -39,7 +39,7 @@ def quick_run(quick_all, tmp_path_factory):
 def test_quick_run_writes_the_run_directory(quick_run):
     out = quick_run
     for name in ("spec.yaml", "records.parquet", "summary.json", "manifest.json", "report.html",
-                 "figures/per_layer.png", "figures/accuracy.png"):
+                 "figures/per_layer.svg", "figures/accuracy.svg"):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     n_layers, n_seeds = summary["n_layers"], QUICK["seeds"]
@@ -73,7 +73,7 @@ def test_quick_run_writes_the_run_directory(quick_run):
         assert choice["chosen"] in QUICK["lr_grid"] and set(choice["val_acc"]) == {repr(x) for x in QUICK["lr_grid"]}
     html = (out / "report.html").read_text()
     assert "Dai et al., GPT 1.3B" in html and "models differ" in html and "Dual-form check" in html
-    assert "data:image/png;base64" in html
+    assert "data:image/svg+xml;base64" in html
     if summary["builtin_stand_in"]:
         assert "Stand-in model" in html
 

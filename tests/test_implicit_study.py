@@ -63,8 +63,8 @@ def test_quick_run_files_and_summary(quick_run):
     spec, out = quick_run
     for name in ("spec.yaml", "manifest.json", "records.parquet", "summary.json", "report.html"):
         assert (out / name).is_file(), name
-    figs = {p.name for p in (out / "figures").glob("*.png")}
-    assert {"icl_vs_ft_curves.png", "ft_steps.png", "robustness_scatter.png", "circuit_heatmaps.png"} <= figs
+    figs = {p.name for p in (out / "figures").glob("*.svg")}
+    assert {"icl_vs_ft_curves.svg", "ft_steps.svg", "robustness_scatter.svg", "circuit_heatmaps.svg"} <= figs
     s = json.loads((out / "summary.json").read_text())
     for key in ("accuracy", "icl_curve", "ft_curve", "circuit_shift", "patching_agreement", "icl_vs_ft"):
         assert key in s
@@ -87,7 +87,7 @@ def test_quick_run_files_and_summary(quick_run):
     # ZSL is the k = 0 prompt: identical numbers
     assert s["accuracy"]["all"]["zsl"] == s["accuracy"]["all"]["icl_k0"]
     html = (out / "report.html").read_text()
-    assert "beats FT" in html and "Headline findings" in html and "data:image/png;base64" in html
+    assert "beats FT" in html and "Headline findings" in html and "data:image/svg+xml;base64" in html
     assert "smallest effect of interest 0.02" in html and "<b>Floor and ceiling.</b>" in html
     assert all(h["sesoi"] == 0.02 for h in s["headlines"])
     assert s["floor"]["reason"] is None  # 2 seeds: floor and ceiling are not called

@@ -145,19 +145,32 @@ def test_the_shipped_metric_definitions_are_the_projects():
     assert "## Additions by iclft" in shipped
 
 
-def test_every_figure_is_a_300_dpi_png_with_an_svg_and_labelled_axes(all_quick):
+def test_every_figure_is_an_svg_on_the_page_with_labelled_axes_and_a_300_dpi_png_on_demand(all_quick, tmp_path):
     from PIL import Image
+    from typer.testing import CliRunner
+
+    from iclft.cli import app
 
     for study in STUDIES:
-        pngs = sorted((all_quick / study / "figures").glob("*.png"))
-        assert len(pngs) >= 2, study
-        for png in pngs:
-            assert png.with_suffix(".svg").is_file(), png
-            assert round(Image.open(png).info["dpi"][0]) == 300, png
-            assert f"{png.stem}.svg" in (all_quick / study / "report.html").read_text()
+        svgs = sorted((all_quick / study / "figures").glob("*.svg"))
+        html = (all_quick / study / "report.html").read_text()
+        assert len(svgs) >= 2 and not list((all_quick / study / "figures").glob("*.png")), study
+        assert html.count("data:image/svg+xml;base64,") == len(svgs)  # the page shows each SVG
+        for svg in svgs:
+            assert f'href="figures/{svg.name}"' in html
     svg = (all_quick / "convergence" / "figures" / "similarity_by_layer.svg").read_text()
     for label in ("layer", "cosine similarity", "update size"):  # text stays text (svg.fonttype none)
         assert label in svg
+    # `iclft report --png`: a 300 dpi PNG beside every SVG, linked; a later render without it removes them
+    run = copy_run(all_quick / "dual", tmp_path / "dual")
+    assert CliRunner().invoke(app, ["report", str(run), "--png"]).exit_code == 0
+    svgs = sorted((run / "figures").glob("*.svg"))
+    for svg in svgs:
+        png = svg.with_suffix(".png")
+        assert round(Image.open(png).info["dpi"][0]) == 300, png
+        assert f'href="figures/{png.name}"' in (run / "report.html").read_text()
+    assert CliRunner().invoke(app, ["report", str(run)]).exit_code == 0
+    assert sorted((run / "figures").iterdir()) == svgs
 
 
 def test_save_refuses_a_figure_with_an_unlabelled_axis(tmp_path):

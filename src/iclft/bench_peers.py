@@ -10,7 +10,7 @@ built-in tokenizer's vocabulary throughout):
     prefix    last-token logits of queries that all follow the same k demonstrations (the dual study's prompts)
 
 Each tool does a workload its own documented way: iclft `capture` / `activation_patching` /
-`capture_prefixed` (and its uncached `capture`); HF one forward (patching: a hook on the attention output
+`capture(prefix=)` (and its uncached `capture`); HF one forward (patching: a hook on the attention output
 projection, one forward per head); TransformerLens `TransformerBridge.run_with_cache`, the same `generic
 _activation_patch` that `get_act_patch_attn_head_out_all_pos` is, over the same heads; nnsight `trace`, for
 patching one trace with one `invoke` per head (its batched form). Prompts of several lengths are right-padded
@@ -20,7 +20,7 @@ where it is taken before that norm (iclft's last `resid_post` is after it, as HF
 
 Timing: process CPU seconds (torch on one thread), tools interleaved round by round after one warm-up
 round, median of `repeats` rounds. Peak memory: each (workload, tool) once more in a fresh process, the growth
-of its peak resident set over the process after loading (`ru_maxrss`).
+of its peak resident set during the run over its resident set before it (Linux `VmHWM`, reset after loading).
 """
 
 from __future__ import annotations
@@ -268,10 +268,10 @@ class Tools:
 
     # prefix -----------------------------------------------------------------------------------------------
     def _prefix_iclft(self, w: Work):
-        from iclft.capture.prefix import capture_prefixed
+        from iclft.capture import capture
 
-        return capture_prefixed(self.model, self.fam, w.prefix, w.suffixes, [], pad_id=self.pad,
-                                batch_size=len(w.suffixes), logits=True).logits
+        return capture(self.model, self.fam, w.suffixes, [], prefix=w.prefix, pad_id=self.pad,
+                       batch_size=len(w.suffixes), logits=True).logits
 
     def _prefix_iclft_uncached(self, w: Work):
         from iclft.capture import capture
@@ -418,14 +418,29 @@ def peak_memory(model: str, preset: str, kind: str, tool: str) -> float:
     return json.loads(lines[-1])["peak_mib"]
 
 
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(x.split()[1]) for x in f if x.startswith(field + ":"))
+    except (OSError, StopIteration):
+        return None
+
+
 def _memory_child(model: str, preset: str, kind: str, tool: str) -> None:
     torch.set_num_threads(1)
     m = peer_model(model)
     w = make_work(kind, m, PEER_PRESETS[preset][model])
     tools = Tools(m, (tool,))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss = _status_kib("VmRSS")
+    try:  # Linux: reset the peak resident set, so that loading's peak does not hide the run's
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        peak = lambda: _status_kib("VmHWM")  # noqa: E731
+    except OSError:  # elsewhere: the run's growth of the lifetime peak (0 where loading peaked higher)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # noqa: E731
     tools.run(tool, w)
-    print(json.dumps({"peak_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024}))
+    print(json.dumps({"peak_mib": (peak() - rss) / 1024}))
 
 
 def run_peers(preset: str = "default", *, models: tuple[str, ...] | None = None, memory: bool = True,

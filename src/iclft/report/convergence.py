@@ -64,7 +64,7 @@ def _by_layer(out: Path, summary: dict) -> Path:
     axes[1].set_ylabel("cosine of the changes")
     for ax in axes[:2]:
         clamp_ylim(ax, "d_icl_it")
-    return save(fig, out / "figures/similarity_by_layer.png")
+    return save(fig, out / "figures/similarity_by_layer.svg")
 
 
 def _vs_similarity(out: Path, records: pd.DataFrame, summary: dict) -> Path:
@@ -85,7 +85,7 @@ def _vs_similarity(out: Path, records: pd.DataFrame, summary: dict) -> Path:
         ax.set_ylabel(PAIRS[metric] + " at the last layer")
         clamp_ylim(ax, metric)
         ax.legend()
-    return save(fig, out / "figures/convergence_vs_similarity.png")
+    return save(fig, out / "figures/convergence_vs_similarity.svg")
 
 
 def _trend_over_k(out: Path, summary: dict) -> Path:
@@ -120,7 +120,7 @@ def _trend_over_k(out: Path, summary: dict) -> Path:
         ax.minorticks_off()
         ax.set_xlabel("k (demonstrations)")
         ax.legend()
-    return save(fig, out / "figures/trend_over_k.png")
+    return save(fig, out / "figures/trend_over_k.svg")
 
 
 def _label_correctness(out: Path, summary: dict) -> Path:
@@ -143,7 +143,7 @@ def _label_correctness(out: Path, summary: dict) -> Path:
     ax.set_xlabel("demonstration labels")
     clamp_ylim(ax, "d_icl_it")
     ax.legend()
-    return save(fig, out / "figures/label_correctness.png")
+    return save(fig, out / "figures/label_correctness.svg")
 
 
 TUNING_RULE = (f"iclft puts a caveat on the verdicts that rest on a tuning when one of these is small (its update "

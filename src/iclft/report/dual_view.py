@@ -70,7 +70,7 @@ def _per_layer(out: Path, summary: dict) -> Path:
         axes[3].set_ylabel("‖a − a_ZSL‖ / ‖a_ZSL‖")
         axes[3].set_ylim(bottom=0)
         axes[3].legend()
-    return save(fig, out / "figures/per_layer.png")
+    return save(fig, out / "figures/per_layer.svg")
 
 
 def _accuracy(out: Path, summary: dict) -> Path:
@@ -88,7 +88,7 @@ def _accuracy(out: Path, summary: dict) -> Path:
     ax.set_xlabel("setting")
     ax.set_ylabel("accuracy (label scoring)")
     ax.set_title("Accuracy per setting (bars: mean, 95% CI; dots: seeds)")
-    return save(fig, out / "figures/accuracy.png")
+    return save(fig, out / "figures/accuracy.svg")
 
 
 BUILTIN_TASK_NOTE = ("on the built-in model, tweet sentiment with label words it never saw paired with these "

@@ -42,11 +42,12 @@ def png_too(on: bool = True):
         _PNG = before
 
 
-def draw_all(tasks: list[tuple]) -> list:
+def draw_all(tasks: list[tuple], first: tuple[int, ...] = ()) -> list:
     """[fn(*args) for fn, *args in tasks], drawn side by side in forked processes, one per core: a report's figures
     are independent and drawing them is most of its time. Each `fn` saves its figure and returns what save()
-    returned (or None). In order, in this process, on one core, where fork is missing, or when other threads run
-    here (a Ray driver): a forked copy of a threaded process may deadlock."""
+    returned (or None). `first`: indices of the slowest tasks, started first so that the cores finish together.
+    In order, in this process, on one core, where fork is missing, or when other threads run here (a Ray driver):
+    a forked copy of a threaded process may deadlock."""
     import multiprocessing
     import os
     import threading
@@ -57,12 +58,14 @@ def draw_all(tasks: list[tuple]) -> list:
     n = min(len(tasks), cores)
     if n <= 1 or "fork" not in multiprocessing.get_all_start_methods() or threading.active_count() > 1:
         return [fn(*args) for fn, *args in tasks]
+    order = [*first, *(i for i in range(len(tasks)) if i not in first)]
     _TASKS = tasks  # the children inherit the tasks (records included) when forked: nothing is pickled but an index
     try:
         with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork")) as pool:
-            return list(pool.map(_draw, range(len(tasks))))
+            done = dict(zip(order, pool.map(_draw, order), strict=True))
     finally:
         _TASKS = None
+    return [done[i] for i in range(len(tasks))]
 
 
 _TASKS: list[tuple] | None = None

@@ -127,7 +127,7 @@ def _accuracy_curves(out: Path, summary: dict) -> Path:
                                                   "answer open-ended numbers)")
     fig.tight_layout()
     _fig_legend(fig, [axes[0, 0], axes[0, 1], axes[-1, 0]])
-    return save(fig, out / "figures/icl_vs_ft_curves.png")
+    return save(fig, out / "figures/icl_vs_ft_curves.svg")
 
 
 def _ft_steps(out: Path, steps: dict) -> Path | None:
@@ -155,7 +155,7 @@ def _ft_steps(out: Path, steps: dict) -> Path | None:
             ax.set_xlabel("optimiser step")
             ax.legend()
     fig.tight_layout()
-    return save(fig, out / "figures/ft_steps.png")
+    return save(fig, out / "figures/ft_steps.svg")
 
 
 def _robustness_scatter(out: Path, summary: dict) -> Path:
@@ -200,7 +200,7 @@ def _robustness_scatter(out: Path, summary: dict) -> Path:
     ax.set_ylabel("accuracy on misleading items")
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     ax.set_title("Robustness: below the diagonal = accuracy lost to the shortcut")
-    return save(fig, out / "figures/robustness_scatter.png")
+    return save(fig, out / "figures/robustness_scatter.svg")
 
 
 def _changed_bars(out: Path, summary: dict) -> Path | None:
@@ -221,7 +221,7 @@ def _changed_bars(out: Path, summary: dict) -> Path | None:
     ax.set_ylabel("share of items whose correctness\ndiffers from zero-shot's")
     ax.set_title("Did the setting change anything? (95% Wilson CI over seeds)")
     ax.legend()
-    return save(fig, out / "figures/changed_vs_zsl.png")
+    return save(fig, out / "figures/changed_vs_zsl.svg")
 
 
 def _heat_matrix(cells: list[dict], n_layers: int, n_heads: int) -> tuple[np.ndarray, dict]:
@@ -295,7 +295,7 @@ def _circuit_heatmaps(out: Path, summary: dict) -> Path | None:
                         Patch(fill=False, ec=COLORS["zsl"], lw=1.0, ls="--",
                               label=f"the base model's top-{k} (difference maps)")],
                loc="outside upper center", ncol=2, frameon=False)
-    return save(fig, out / "figures/circuit_heatmaps.png")
+    return save(fig, out / "figures/circuit_heatmaps.svg")
 
 
 def _patching_agreement(out: Path, records: pd.DataFrame, summary: dict) -> Path | None:
@@ -318,7 +318,7 @@ def _patching_agreement(out: Path, records: pd.DataFrame, summary: dict) -> Path
     ax.set_ylabel("attribution patching estimate")
     ax.set_title("Attribution vs exhaustive patching")
     ax.legend()
-    return save(fig, out / "figures/patching_agreement.png")
+    return save(fig, out / "figures/patching_agreement.svg")
 
 
 def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
@@ -326,6 +326,9 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
     chance_note = ("chance: uniform guess over the answer set" if summary.get("chance", {}).get("all") is not None
                    else "chance per family where the answers form a closed set; none for the mean over families, "
                    "since some families answer open-ended numbers")
+    heatmaps = (f"circuit heatmaps: mean {summary['circuits']['method']} patching effect per head and MLP of the "
+                "base model, and the ICL − base and FT − base differences (mean over seeds); solid boxes: the "
+                f"setting's top-{summary['circuits']['top_k']} components by |effect|, dashed: the base model's")
     tasks = {
         "ICL accuracy vs k demonstrations (left) and FT accuracy vs N training samples (right); clean items solid, "
         f"misleading dashed; black lines: zero-shot (k = 0); grey dotted: {chance_note}; shading or bars: 95% CI "
@@ -336,14 +339,12 @@ def figures(out: Path, records: pd.DataFrame, summary: dict) -> dict[str, Path]:
         "prompt as ZSL and is shown once)": (_robustness_scatter, out, summary),
         "share of eval items (every family and variant) whose correctness differs from zero-shot's":
             (_changed_bars, out, summary),
-        f"circuit heatmaps: mean {summary['circuits']['method']} patching effect per head and MLP of the base "
-        "model, and the ICL − base and FT − base differences (mean over seeds); solid boxes: the setting's "
-        f"top-{summary['circuits']['top_k']} components by |effect|, dashed: the base model's":
-            (_circuit_heatmaps, out, summary),
+        heatmaps: (_circuit_heatmaps, out, summary),
         "attribution vs exhaustive patching (every component, setting and seed)":
             (_patching_agreement, out, records, summary),
     }
-    return {c: p for c, p in zip(tasks, draw_all(list(tasks.values())), strict=True) if p}
+    drawn = draw_all(list(tasks.values()), first=(list(tasks).index(heatmaps),))  # the heatmaps take the longest
+    return {c: p for c, p in zip(tasks, drawn, strict=True) if p}
 
 
 def _check_effect(t: dict) -> str:
