@@ -465,12 +465,13 @@ def run_peers(preset: str = "default", *, models: tuple[str, ...] | None = None,
                 rows.append({"model": m.name, "workload": kind, "tool": t, "sizes": w.describe, **res[t],
                              "vs_iclft": res[t]["cpu_s"] / res["iclft"]["cpu_s"], "peak_mib": mem.get(t)})
             log(f"  {kind:9s} {time.perf_counter() - t0:7.1f} s")
+    from importlib import metadata
+
     import nnsight
-    import transformer_lens
     import transformers
 
     versions = {"torch": torch.__version__, "transformers": transformers.__version__,
-                "transformer_lens": getattr(transformer_lens, "__version__", "?"), "nnsight": nnsight.__version__}
+                "transformer_lens": metadata.version("transformer-lens"), "nnsight": nnsight.__version__}
     return {"preset": preset, "torch_threads": torch.get_num_threads(), "versions": versions,
             "wall_s": time.perf_counter() - t_start, "rows": rows}
 
