@@ -44,6 +44,22 @@ def copy_run(src, dst):
     return dst
 
 
+def icl_pairs(n, vocab, seed=0, prefix_len=20):
+    """Clean/corrupt token pairs (answer ids 5, 6) sharing a per-pair prefix (like demonstrations) and differing in
+    one token just after it."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        a = torch.randint(4, vocab, (prefix_len + 4 + i,), generator=g).tolist()
+        b = list(a)
+        j = prefix_len + 1 + i % 3
+        b[j] = (b[j] + 5) % (vocab - 4) + 4
+        out.append((a, b, 5, 6))
+    return out
+
+
 def random_prompts(n, vocab, seed=0, lo=3, hi=20):
     rng = random.Random(seed)
     return [[rng.randrange(4, vocab) for _ in range(rng.randint(lo, hi))] for _ in range(n)]

@@ -24,6 +24,7 @@ from iclft.circuits.patching import (
 from iclft.models.families import family_for
 from iclft.models.toy import tiny_model
 from iclft.tasks.implicit import DEFAULT_RULE, evaluate, generate, shortcut_answer
+from tests.conftest import icl_pairs
 
 VOCAB = 50
 
@@ -171,18 +172,6 @@ def test_per_position_rows_do_not_depend_on_batch_size(method):
     np.testing.assert_allclose(many.delta, one.delta, rtol=1e-4, atol=1e-5)
 
 
-def _icl_pairs(n=4, prefix_len=10, seed=3):
-    """Pairs sharing a prefix (as ICL prompts share their demonstrations), differing after it."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        a = torch.randint(4, VOCAB, (prefix_len + 4 + i,), generator=g).tolist()
-        b = list(a)
-        b[prefix_len + 1] = (b[prefix_len + 1] + 7) % (VOCAB - 4) + 4
-        out.append((a, b, 5, 6))
-    return out
-
-
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "gpt_neox", "opt"])
 def test_default_batches_components_and_equals_one_per_pass(kind):
     # The default budget puts several components in one forward pass on every device (CPU included); the deltas
@@ -193,7 +182,7 @@ def test_default_batches_components_and_equals_one_per_pass(kind):
     calls = []
     handle = model.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
-        for pairs in (_pairs(4), _icl_pairs()):
+        for pairs in (_pairs(4), icl_pairs(4, VOCAB, seed=3, prefix_len=10)):
             batch = make_pairs(pairs, 0)
             calls.clear()
             batched = activation_patching(model, fam, batch, comps)
@@ -223,7 +212,7 @@ def test_patched_runs_start_at_the_patched_layer(llama):
                for i, b in enumerate(blocks)]  # a block's MLP runs when the block computes, not when replayed
     try:
         comps = [c for c in components(model, fam) if c.layer == last]
-        activation_patching(model, fam, make_pairs(_icl_pairs(), 0), comps, max_tokens=1)
+        activation_patching(model, fam, make_pairs(icl_pairs(4, VOCAB, seed=3, prefix_len=10), 0), comps, max_tokens=1)
     finally:
         for h in handles:
             h.remove()

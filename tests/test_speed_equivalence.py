@@ -25,6 +25,7 @@ from iclft.models.families import family_for
 from iclft.models.toy import tiny_model
 from iclft.tuning import finetune as ft_mod
 from iclft.tuning.finetune import FinetuneSpec, finetune, lm_batch, lm_loss
+from tests.conftest import icl_pairs
 
 VOCAB = 40
 KINDS = ["llama", "gpt2", "gpt_neox", "opt", "gemma"]
@@ -215,24 +216,11 @@ def test_circuits_unit_with_handover_equals_training_again():
 # ------------------------------------------------------------------------------------------ patching
 
 
-def _icl_like_pairs(n=5, seed=0, prefix_len=20):
-    """Pairs sharing a long per-pair prefix (like demonstrations) and differing in one late token."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        a = torch.randint(4, VOCAB, (prefix_len + 4 + i,), generator=g).tolist()
-        b = list(a)
-        j = prefix_len + 1 + i % 3
-        b[j] = (b[j] + 5) % (VOCAB - 4) + 4
-        out.append((a, b, 5, 6))
-    return out
-
-
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "gpt_neox", "opt"])
 def test_prefix_cached_patching_equals_full_runs(kind):
     model = tiny_model(kind, VOCAB, seed=1)
     fam = family_for(model.config)
-    batch = make_pairs(_icl_like_pairs(), 0)
+    batch = make_pairs(icl_pairs(5, VOCAB), 0)
     assert min(batch.first_diff) > 10  # the prefix cache is used
     res = activation_patching(model, fam, batch, batch_size=3)
     comps = components(model, fam)
@@ -250,7 +238,7 @@ def test_prefix_cached_patching_equals_full_runs(kind):
 def test_prefix_cached_per_position_patching_equals_full_runs(kind):
     model = tiny_model(kind, VOCAB, seed=1)
     fam = family_for(model.config)
-    pairs = _icl_like_pairs(3, seed=1, prefix_len=8)
+    pairs = icl_pairs(3, VOCAB, seed=1, prefix_len=8)
     batch = make_pairs(pairs, 0)
     comps = components(model, fam)[:3] + [components(model, fam)[4]]
     res = activation_patching(model, fam, batch, comps, per_position=True)
