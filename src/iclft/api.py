@@ -194,10 +194,11 @@ def run_dirs(study: str, out: Path, spec_path: str | os.PathLike | None = None, 
                   f"{info.get('n_params', 0):,} parameters, {cell.spec.device}), {len(cell.units)} units, "
                   f"preset {cell.spec.preset} -> {cell.out}", file=sys.stderr, flush=True)
         dirs = dict(zip(specs, run_cells(cells, runner), strict=True))
-        if study == "all":
+        if study == "all":  # the index, like a sweep's, is drawn again only when a study's files or the code changed
             from iclft.report.index import write_index
+            from iclft.sweep import render_once
 
-            write_index(out, dirs)
+            render_once(out / "report.html", list(dirs.values()), lambda: write_index(out, dirs))
     return dirs
 
 
