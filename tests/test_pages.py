@@ -161,21 +161,21 @@ def test_run_all_index_says_what_was_run(tmp_path):
 def test_run_all_index_without_a_recorded_commit_names_the_code_that_wrote_it(tmp_path, monkeypatch):
     out = tmp_path / "all"
     runs = {"dual": _run(out / "dual", "dual", [])}
-    monkeypatch.setattr(H, "code_commit", lambda: "feedc0ffee12-dirty")
+    monkeypatch.setattr(rundir, "code_commit", lambda: "feedc0ffee12-dirty")
     page = write_index(out, runs).read_text(encoding="utf-8")
     assert "commit <code>feedc0ffee12-dirty</code> (of the code that wrote this page)" in page
-    monkeypatch.setattr(H, "code_commit", lambda: None)
+    monkeypatch.setattr(rundir, "code_commit", lambda: None)
     assert "commit not recorded" in write_index(out, runs).read_text(encoding="utf-8")
 
 
 def test_code_commit_is_this_checkouts_head():
     import subprocess
 
-    src = Path(H.__file__).resolve().parent
+    src = Path(rundir.__file__).resolve().parent
     head = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode != 0:
         pytest.skip("iclft is not running from a git checkout")
-    commit = H.code_commit()
+    commit = rundir.code_commit()
     assert commit is not None and head.stdout.strip().startswith(commit.removesuffix("-dirty"))
 
 

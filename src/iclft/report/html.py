@@ -7,8 +7,6 @@ import html
 import math
 from pathlib import Path
 
-from iclft.rundir import code_commit  # noqa: F401  (H.code_commit: the index names the code's commit)
-
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#222;line-height:1.45}

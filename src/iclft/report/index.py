@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from iclft import rundir
 from iclft.metrics.stats import MULTIPLICITY
 from iclft.report import html as H
 from iclft.rundir import atomic_write_text
@@ -63,7 +64,7 @@ def _about(manifest: dict, spec: dict, summary: dict) -> dict[str, str]:
     sha = m.get("model_sha256")
     commit, note = manifest.get("iclft_commit"), ""
     if commit is None:  # the manifest records none: the commit of the code writing this page, said as such
-        commit, note = H.code_commit(), " (of the code that wrote this page)"
+        commit, note = rundir.code_commit(), " (of the code that wrote this page)"
     commit = f"commit <code>{H.esc(commit)}</code>{note}" if commit else "commit not recorded"
     stand_in = ", a randomly initialised stand-in" if m.get("builtin_stand_in") else ""
     when = (manifest.get("finished_at") or "").replace("T", " ").replace("Z", " UTC") or "unknown"
