@@ -280,8 +280,9 @@ def bench_prefix_cache(loaded: Loaded, *, queries: int = 32, k: int = 32, batch:
 # ------------------------------------------------------------------------------------------ patching
 
 
-def patching_pairs(loaded: Loaded, pairs_per_family: int) -> list:
-    """Clean/misleading pairs (token ids) from every implicit-pattern family, `pairs_per_family` each,
+def patching_pairs(loaded: Loaded, pairs_per_family: int, k: int = 0, items: int = 40) -> list:
+    """Clean/misleading pairs (token ids) from every implicit-pattern family, `pairs_per_family` each (built from
+    `items` generated misleading items), each after `k` demonstrations of its family (seeded per family),
     ordered so that any leading slice spans the families."""
     from iclft.circuits.pairs import build_pairs, pair_ids
     from iclft.prompts import PromptBuilder
@@ -289,10 +290,13 @@ def patching_pairs(loaded: Loaded, pairs_per_family: int) -> list:
 
     per_family = []
     for fam in FAMILIES:
-        task = implicit_task(fam, seed=0, n_train=8, n_test=2)
+        task = implicit_task(fam, seed=0, n_train=64 if k else 8, n_test=2)
         builder = PromptBuilder(loaded.tokenizer, task, max_len=loaded.max_len)
-        pairs = build_pairs(builder, fam, DEFAULT_RULE[fam], generate(fam, 40, 99, "misleading"), pairs_per_family)
-        per_family.append([pair_ids(builder, p) for p in pairs])
+        rng = random.Random(f"peers/{fam}")
+        pairs = build_pairs(builder, fam, DEFAULT_RULE[fam], generate(fam, items, 99, "misleading"),
+                            pairs_per_family)
+        per_family.append([pair_ids(builder, p, rng.sample(task.train, k)) if k else pair_ids(builder, p)
+                           for p in pairs])
     return [fam[i] for i in range(pairs_per_family) for fam in per_family if i < len(fam)]
 
 

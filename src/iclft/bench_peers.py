@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import torch
 
 from iclft import UserError
-from iclft.bench import DeepSpec, deep_model
+from iclft.bench import DeepSpec, _max_diff, deep_model, patching_pairs
 from iclft.models.load import Loaded, load
 
 PEERS = ("transformer_lens", "nnsight")
@@ -159,19 +159,10 @@ def make_work(kind: str, m: Loaded, sz: PeerSizes) -> Work:
         return Work(kind, prompts=[prefix + s for s in suffixes], prefix=prefix, suffixes=suffixes,
                     describe=f"{len(suffixes)} queries, k={len(demos)}, prefix {len(prefix)} tok")
     if kind == "patching":
-        from iclft.circuits.pairs import build_pairs, pair_ids
-        from iclft.prompts import PromptBuilder
-        from iclft.tasks.implicit import DEFAULT_RULE, FAMILIES, generate, implicit_task
+        from iclft.tasks.implicit import FAMILIES
 
-        per_family = []
-        for fam in FAMILIES:
-            task = implicit_task(fam, seed=0, n_train=64, n_test=2)
-            builder = PromptBuilder(tok, task, max_len=m.max_len)
-            rng = random.Random(f"peers/{fam}")
-            ps = build_pairs(builder, fam, DEFAULT_RULE[fam], generate(fam, 60, 99, "misleading"),
-                             -(-sz.patch_pairs // len(FAMILIES)))
-            per_family.append([pair_ids(builder, p, rng.sample(task.train, sz.patch_k)) for p in ps])
-        pairs = [f[i] for i in range(max(map(len, per_family))) for f in per_family if i < len(f)][:sz.patch_pairs]
+        per_family = -(-sz.patch_pairs // len(FAMILIES))
+        pairs = patching_pairs(m, per_family, k=sz.patch_k, items=60)[:sz.patch_pairs]
         n_layers, n_heads = m.info["n_layers"], m.model.config.num_attention_heads
         layers = sz.patch_layers if sz.patch_layers is not None else range(n_layers)
         heads = [(la, h) for la in layers if la < n_layers for h in range(n_heads)]
@@ -387,7 +378,7 @@ def _quiet():
 def _diff(a, b) -> float:
     if isinstance(a, tuple):
         return max(_diff(x, y) for x, y in zip(a, b, strict=True))
-    return float((a.float() - b.float()).abs().max())
+    return _max_diff(a, b)
 
 
 # ------------------------------------------------------------------------------------------ runs
